@@ -1,0 +1,5 @@
+import sys
+
+from finessl.cli import main
+
+sys.exit(main())

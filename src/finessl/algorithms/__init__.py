@@ -1,0 +1,13 @@
+"""SSL algorithms: how to pseudo-label, which labels to trust and how much, which loss."""
+
+from finessl.algorithms import finessl, fixmatch, supervised  # noqa: F401  (registration)
+from finessl.algorithms.base import (
+    ALGORITHMS,
+    Algorithm,
+    Batch,
+    StepResult,
+    algorithm_class,
+    build_algorithm,
+)
+
+__all__ = ["ALGORITHMS", "Algorithm", "Batch", "StepResult", "algorithm_class", "build_algorithm"]

@@ -1,0 +1,110 @@
+"""The algorithm interface: ``step(model, batch) -> loss + logs``, state kept as buffers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from finessl.config import AlgorithmConfig
+from finessl.registry import Registry
+
+
+@dataclass
+class Batch:
+    """One training step's data. Unlabeled fields are None for supervised algorithms."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    unlabeled_index: torch.Tensor | None = None
+    weak: torch.Tensor | None = None
+    strong: list[torch.Tensor] = field(default_factory=list)
+    # True labels of the unlabeled images when known (-1 otherwise): diagnostics only.
+    unlabeled_labels: torch.Tensor | None = None
+
+
+@dataclass
+class StepResult:
+    loss: torch.Tensor
+    logs: dict[str, float]
+    # The loss terms as tensors (with their graphs), for tests and diagnostics.
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class Algorithm(nn.Module):
+    """Base class. Subclasses own their state as buffers, so it is checkpointed with them."""
+
+    name = "algorithm"
+    uses_unlabeled = True
+    default_unlabeled_weight = 1.0
+
+    def __init__(self, config: AlgorithmConfig, num_classes: int, num_unlabeled: int) -> None:
+        super().__init__()
+        self.config = config
+        self.num_classes = num_classes
+        self.num_unlabeled = num_unlabeled
+        weight = config.unlabeled_weight
+        self.unlabeled_weight = self.default_unlabeled_weight if weight is None else weight
+
+    @classmethod
+    def strong_views(cls, config: AlgorithmConfig) -> int:
+        """How many strong views of each unlabeled image the data pipeline must produce."""
+        return 1
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Called before the first step of every epoch."""
+
+    def step(self, model: nn.Module, batch: Batch) -> StepResult:
+        raise NotImplementedError
+
+
+ALGORITHMS: Registry[Callable[[AlgorithmConfig, int, int], Algorithm]] = Registry("algorithm")
+
+
+def build_algorithm(config: AlgorithmConfig, num_classes: int, num_unlabeled: int) -> Algorithm:
+    return ALGORITHMS.get(config.name)(config, num_classes, num_unlabeled)
+
+
+def algorithm_class(config: AlgorithmConfig) -> type[Algorithm]:
+    return ALGORITHMS.get(config.name)
+
+
+def pseudo_label_accuracy(pseudo: torch.Tensor, truth: torch.Tensor | None,
+                          mask: torch.Tensor) -> dict[str, float]:
+    """Accuracy of pseudo-labels (all, and among selected) where the truth is known."""
+    if truth is None:
+        return {}
+    known = truth >= 0
+    if not known.any():
+        return {}
+    correct = (pseudo == truth) & known
+    logs = {"pl_acc": (correct.sum() / known.sum()).item()}
+    chosen = known & mask
+    if chosen.any():
+        logs["pl_acc_selected"] = (correct & chosen).sum().item() / chosen.sum().item()
+    return logs
+
+
+@dataclass
+class Features:
+    labeled: torch.Tensor
+    strong: list[torch.Tensor]
+    weak: torch.Tensor | None  # computed without gradients
+
+
+def forward_views(model: nn.Module, batch: Batch) -> Features:
+    """Labeled and strong views in one forward with gradients; the weak view without.
+
+    The weak view only produces pseudo-labels and confidences, so building its graph (as
+    the reference code does) is wasted memory and time.
+    """
+    weak = None
+    if batch.weak is not None:
+        with torch.no_grad():
+            weak = model.features(batch.weak)
+    parts = [batch.images, *batch.strong]
+    features = model.features(torch.cat(parts)).float()
+    chunks = list(features.split([p.shape[0] for p in parts]))
+    return Features(labeled=chunks[0], strong=chunks[1:], weak=weak.float() if weak is not None else None)

@@ -1,0 +1,218 @@
+"""The ``finessl`` command. Heavy imports happen inside each command, so --help is instant."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger("finessl")
+
+
+def parse_overrides(tokens: list[str]) -> dict[str, str]:
+    """``--train.steps 100 --model.peft=bitfit`` -> ``{"train.steps": "100", ...}``."""
+    from finessl.errors import ConfigError
+
+    overrides: dict[str, str] = {}
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        if not token.startswith("--"):
+            raise ConfigError(f"unexpected argument {token!r}; overrides look like --train.steps 100")
+        key = token[2:]
+        if "=" in key:
+            key, value = key.split("=", 1)
+            i += 1
+        elif i + 1 < len(tokens):
+            value = tokens[i + 1]
+            i += 2
+        else:
+            raise ConfigError(f"option {token} needs a value")
+        overrides[key] = value
+    return overrides
+
+
+def _resolve_config(args, overrides: dict[str, str]):
+    from finessl.config import apply_overrides, load_config, load_preset
+    from finessl.errors import ConfigError
+
+    if args.resume:
+        config = load_config(Path(args.resume) / "config.yaml")
+    elif args.preset and args.config:
+        raise ConfigError("give either --preset or --config, not both")
+    elif args.preset:
+        config = load_preset(args.preset)
+    elif args.config:
+        config = load_config(args.config)
+    else:
+        raise ConfigError("choose a configuration: --preset NAME (see 'finessl presets') or --config FILE")
+    return apply_overrides(config, overrides)
+
+
+class TqdmProgress:
+    """A progress bar with loss, accuracy, learning rate and ETA (terminal only)."""
+
+    def __init__(self) -> None:
+        self.bar = None
+        self.top1 = None
+
+    def on_train_start(self, total_steps: int, start_step: int) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
+
+    def on_step(self, step: int, logs: dict[str, float]) -> None:
+        shown = {k: f"{logs[k]:.3g}" for k in ("loss", "mask", "lr") if k in logs}
+        if self.top1 is not None:
+            shown["top1"] = f"{self.top1:.2f}"
+        self.bar.set_postfix(shown, refresh=False)
+        self.bar.update(1)
+
+    def on_eval(self, step: int, metrics: dict) -> None:
+        self.top1 = metrics["top1"]
+        self.bar.write(f"step {step}: top1 {metrics['top1']:.2f}  balanced "
+                       f"{metrics['balanced_acc']:.2f}  ece {metrics['ece']:.4f}")
+
+    def on_train_end(self, final: dict) -> None:
+        self.bar.close()
+
+
+def _progress(every: int):
+    from finessl.engine.trainer import LogProgress
+
+    return TqdmProgress() if sys.stderr.isatty() else LogProgress(every)
+
+
+def _summary(final: dict) -> str:
+    return (f"top1 {final['top1']:.2f}  balanced_acc {final['balanced_acc']:.2f}  "
+            f"ece {final['ece']:.4f}  steps {final['steps']}  {final['seconds']:.0f}s  "
+            f"trainable {final['trainable_params']:,}")
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_train(args, overrides) -> int:
+    from finessl.run import train
+
+    config = _resolve_config(args, overrides)
+    output = Path(args.resume or args.output or f"runs/{config.algorithm.name}-{int(time.time())}")
+    final = train(config, output, callbacks=[_progress(config.train.log_every)],
+                  resume=bool(args.resume))
+    print(f"{output}: {_summary(final)}")
+    return 0
+
+
+def cmd_eval(args, overrides) -> int:
+    from finessl.run import evaluate
+
+    metrics = evaluate(args.run, device=args.device)
+    extra = f"  top5 {metrics['top5']:.2f}" if "top5" in metrics else ""
+    print(f"top1 {metrics['top1']:.2f}  balanced_acc {metrics['balanced_acc']:.2f}  "
+          f"ece {metrics['ece']:.4f}  nll {metrics['nll']:.4f}{extra}")
+    print(f"written to {Path(args.run) / 'eval.json'}")
+    return 0
+
+
+def cmd_predict(args, overrides) -> int:
+    import csv
+
+    from finessl.run import collect_images, load
+
+    run = load(args.run, device=args.device)
+    rows = run.predict(collect_images(args.paths), batch_size=args.batch_size, top_k=args.top_k)
+    handle = open(args.out, "w", newline="") if args.out else sys.stdout
+    try:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label", "confidence"])
+        for row in rows:
+            writer.writerow([row["path"], row["label"], f"{row['confidence']:.6f}"])
+    finally:
+        if args.out:
+            handle.close()
+            print(f"{len(rows)} predictions written to {args.out}")
+    return 0
+
+
+def cmd_presets(args, overrides) -> int:
+    from finessl.config import load_preset, preset_names
+
+    names = preset_names()
+    width = max(len(n) for n in names)
+    for name in names:
+        print(f"{name:<{width}}  {load_preset(name).description}")
+    return 0
+
+
+def cmd_demo(args, overrides) -> int:
+    from finessl.demo import run_demo
+
+    run_demo(Path(args.output), overrides, progress=_progress)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="finessl",
+        description="Semi-supervised fine-tuning of foundation models (FineSSL and baselines).",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a run",
+                           description="Train from a preset or YAML config; override any key "
+                                       "with --section.key VALUE (e.g. --train.steps 100).")
+    train.add_argument("--preset", help="a built-in preset (see 'finessl presets')")
+    train.add_argument("--config", help="a YAML config file")
+    train.add_argument("--output", help="run directory to create")
+    train.add_argument("--resume", metavar="DIR", help="continue the run in DIR")
+    train.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser("eval", help="re-evaluate a run on its test set")
+    evaluate.add_argument("--run", required=True, help="run directory")
+    evaluate.add_argument("--device", default="auto")
+    evaluate.set_defaults(func=cmd_eval)
+
+    predict = sub.add_parser("predict", help="classify images with a trained run")
+    predict.add_argument("--run", required=True, help="run directory")
+    predict.add_argument("paths", nargs="+", help="images or folders of images")
+    predict.add_argument("--out", help="CSV file to write (default: standard output)")
+    predict.add_argument("--batch-size", type=int, default=64)
+    predict.add_argument("--top-k", type=int, default=1)
+    predict.add_argument("--device", default="auto")
+    predict.set_defaults(func=cmd_predict)
+
+    presets = sub.add_parser("presets", help="list the built-in presets")
+    presets.set_defaults(func=cmd_presets)
+
+    demo = sub.add_parser("demo", help="offline demo: supervised vs FineSSL on Fashion-MNIST")
+    demo.add_argument("--output", default="runs/demo", help="folder for the two runs")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    from finessl.errors import FinesslError
+
+    try:
+        if rest and args.command not in ("train", "demo"):
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        overrides = parse_overrides(rest) if rest else {}
+        return args.func(args, overrides)
+    except FinesslError as error:
+        print(f"finessl: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("finessl: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+"""Evaluation metrics."""
+
+from finessl.eval.metrics import classification_metrics, predict_logits
+
+__all__ = ["classification_metrics", "predict_logits"]

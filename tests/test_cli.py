@@ -1,0 +1,109 @@
+"""The finessl command end to end (smoke preset), and one-line errors for bad input."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from safetensors import safe_open
+
+from helpers import make_image_folder, write_image
+
+
+def finessl(*args, cwd=None):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-m", "finessl", *args], capture_output=True,
+                          text=True, cwd=cwd, env=env, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "smoke"
+    result = finessl("train", "--preset", "smoke", "--output", str(out))
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_train_writes_the_run_directory(smoke_run):
+    for name in ("config.yaml", "metrics.jsonl", "final.json", "adapter.safetensors", "state.pt"):
+        assert (smoke_run / name).is_file(), name
+    final = json.loads((smoke_run / "final.json").read_text())
+    for key in ("top1", "balanced_acc", "ece", "steps", "seconds", "trainable_params"):
+        assert key in final
+    assert final["steps"] == 6 and 0 <= final["top1"] <= 100
+    evals = [json.loads(line) for line in (smoke_run / "metrics.jsonl").read_text().splitlines()]
+    evals = [e for e in evals if e["kind"] == "eval"]
+    assert [e["step"] for e in evals] == [3, 6]
+    assert all({"step", "epoch", "top1", "balanced_acc"} <= set(e) for e in evals)
+
+    with safe_open(str(smoke_run / "adapter.safetensors"), "pt") as handle:
+        keys = set(handle.keys())
+        meta = {k: json.loads(v) for k, v in handle.metadata().items()}
+    assert keys == {"backbone.peft.vpt_deep.prompts", "head.weight", "head.scale",
+                    "aux_head.weight", "aux_head.scale"}
+    assert meta["backbone"] == "tiny-vit" and meta["pretrained"] == "none"
+    assert meta["classes"] == [f"class_{k}" for k in range(4)]
+
+
+def test_eval_reproduces_final_metrics(smoke_run):
+    result = finessl("eval", "--run", str(smoke_run))
+    assert result.returncode == 0, result.stderr
+    final = json.loads((smoke_run / "final.json").read_text())
+    again = json.loads((smoke_run / "eval.json").read_text())
+    assert again["top1"] == pytest.approx(final["top1"])
+    assert again["ece"] == pytest.approx(final["ece"], abs=1e-6)
+
+
+def test_predict_writes_csv(smoke_run, tmp_path):
+    image = write_image(tmp_path / "some.png", 0, seed=1)
+    folder = tmp_path / "more"
+    write_image(folder / "a.png", 1, seed=2)
+    out = tmp_path / "pred.csv"
+    result = finessl("predict", "--run", str(smoke_run), str(image), str(folder), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader(out.open()))
+    assert [r["path"] for r in rows] == [str(image), str(folder / "a.png")]
+    assert all(r["label"].startswith("class_") and 0 < float(r["confidence"]) <= 1 for r in rows)
+
+
+def test_resume_finished_run_and_refuse_overwrite(smoke_run):
+    again = finessl("train", "--preset", "smoke", "--output", str(smoke_run))
+    assert again.returncode == 2 and "already holds a run" in again.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--preset", "smok"], "unknown preset 'smok'"),
+    (["train", "--preset", "smoke", "--model.backbone", "vit-tiny"], "unknown backbone"),
+    (["train", "--preset", "smoke", "--model.peft", "lora2"], "unknown PEFT method"),
+    (["train", "--preset", "smoke", "--algorithm.name", "fixmatc"], "unknown algorithm"),
+    (["train", "--preset", "smoke", "--data.name", "imagenet-x"], "unknown dataset"),
+    (["train", "--preset", "smoke", "--data.name", "folder", "--data.root", "/no/such/dir"],
+     "does not exist"),
+    (["train", "--preset", "smoke", "--model.backbone", "ViT-B-32", "--model.pretrained",
+      "openai"], "could not load ViT-B-32 weights"),
+    (["predict", "--run", "/no/such/run", "x.png"], "not a finished run"),
+])
+def test_bad_input_is_one_line(args, message, tmp_path):
+    result = finessl(*args, "--output", str(tmp_path / "out")) if args[0] == "train" else \
+        finessl(*args)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("finessl: error:")]
+    assert len(errors) == 1 and message in errors[0], result.stderr
+
+
+def test_empty_class_folder_is_one_line(tmp_path):
+    make_image_folder(tmp_path / "d")
+    (tmp_path / "d" / "labeled" / "bird").mkdir()
+    result = finessl("train", "--preset", "smoke", "--data.name", "folder", "--data.root",
+                     str(tmp_path / "d"), "--output", str(tmp_path / "o"))
+    assert result.returncode == 2 and "has no images" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_help_and_presets():
+    assert finessl("--help").returncode == 0
+    listed = finessl("presets").stdout
+    assert "smoke" in listed and "cifar100-n4" in listed
