@@ -94,7 +94,24 @@ def test_efficientnet_lite0_predicts_imagenet_classes(lite0, photo, classes):
     image = torch.nn.functional.interpolate(image[None], size=(224, 224), mode="bilinear",
                                             antialias=True)
     with torch.no_grad():
-        probs = lite0.imagenet_logits((image - 0.5) / 0.5).softmax(-1)
+        probs = lite0.pretrained_logits((image - 0.5) / 0.5).softmax(-1)
     assert probs.argmax().item() in classes
     assert probs.max().item() > 0.5
     assert lite0.num_features == 1280
+
+
+@pytest.mark.parametrize("pool", ["token", "avg"])
+def test_open_clip_timm_tower_uses_shared_vit_forward(pool):
+    import open_clip
+
+    from finessl.models.backbones import wrap_open_clip
+    from finessl.models.vit import TimmViT
+
+    vision = {"timm_model_name": "test_vit", "timm_model_pretrained": False, "timm_pool": pool,
+              "timm_proj": "linear", "image_size": 32}
+    clip = open_clip.model.CLIP(**{**TINY_CLIP_CONFIG, "vision_cfg": vision}).eval()
+    backbone = wrap_open_clip(clip, "siglip-like", "none").eval()
+    assert isinstance(backbone, TimmViT)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(clip.visual.head(backbone(x)), clip.visual(x), atol=1e-5)

@@ -107,3 +107,29 @@ def test_help_and_presets():
     assert finessl("--help").returncode == 0
     listed = finessl("presets").stdout
     assert "smoke" in listed and "cifar100-n4" in listed
+
+
+VIT_PEFT = ["linear", "vpt-deep", "vpt-shallow", "vpt-last", "lora", "adapter", "adaptformer",
+            "ssf", "bitfit", "full", "lora+vpt-deep"]
+CNN_PEFT = ["bn-tuning", "ssf", "bitfit"]
+
+
+@pytest.mark.parametrize("backbone, peft", [("tiny-vit", p) for p in VIT_PEFT] +
+                         [("tiny-resnet", p) for p in CNN_PEFT])
+def test_smoke_runs_with_every_peft(backbone, peft, tmp_path):
+    result = finessl("train", "--preset", "smoke", "--output", str(tmp_path / "r"),
+                     "--model.backbone", backbone, "--model.peft", peft, "--train.steps", "2",
+                     "--train.steps_per_epoch", "2")
+    assert result.returncode == 0, result.stderr
+    final = json.loads((tmp_path / "r" / "final.json").read_text())
+    assert final["steps"] == 2
+
+
+def test_zeroshot_command(tmp_path):
+    result = finessl("zeroshot", "--preset", "smoke", "--out", str(tmp_path / "zs.json"))
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "zs.json").read_text())
+    assert 0 <= metrics["top1"] <= 100 and "zero-shot top1" in result.stdout
+    refused = finessl("zeroshot", "--preset", "smoke", "--model.backbone", "tiny-resnet",
+                      "--model.peft", "bitfit")
+    assert refused.returncode == 0  # CLIP ResNets have a text tower too

@@ -136,6 +136,20 @@ def cmd_predict(args, overrides) -> int:
     return 0
 
 
+def cmd_zeroshot(args, overrides) -> int:
+    from finessl.run import zeroshot
+
+    args.resume = None
+    metrics = zeroshot(_resolve_config(args, overrides), device=args.device)
+    print(f"zero-shot top1 {metrics['top1']:.2f}  balanced_acc {metrics['balanced_acc']:.2f}  "
+          f"ece {metrics['ece']:.4f}")
+    if args.out:
+        from finessl.engine.checkpoint import write_json
+
+        write_json(Path(args.out), metrics)
+    return 0
+
+
 def cmd_presets(args, overrides) -> int:
     from finessl.config import load_preset, preset_names
 
@@ -184,6 +198,15 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default="auto")
     predict.set_defaults(func=cmd_predict)
 
+    zero = sub.add_parser("zeroshot", help="CLIP zero-shot accuracy on a config's test set",
+                          description="Evaluates the backbone's CLIP zero-shot classifier "
+                                      "(model.text_template) on the test set; accepts overrides.")
+    zero.add_argument("--preset")
+    zero.add_argument("--config")
+    zero.add_argument("--out", help="write the metrics to this JSON file")
+    zero.add_argument("--device", default="auto")
+    zero.set_defaults(func=cmd_zeroshot)
+
     presets = sub.add_parser("presets", help="list the built-in presets")
     presets.set_defaults(func=cmd_presets)
 
@@ -202,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     from finessl.errors import FinesslError
 
     try:
-        if rest and args.command not in ("train", "demo"):
+        if rest and args.command not in ("train", "demo", "zeroshot"):
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         overrides = parse_overrides(rest) if rest else {}
         return args.func(args, overrides)

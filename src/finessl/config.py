@@ -28,8 +28,20 @@ class ModelConfig:
     backbone: str = "ViT-B-16"
     # open_clip tag ("openai"), "hf-hub:org/repo", a local file, or "none" (random init).
     pretrained: str | None = "openai"
+    # A PEFT method, or several joined by "+" (e.g. "lora+vpt-deep").
     peft: str = "vpt-deep"
+    # Restrict block-wise PEFT methods to the last k transformer blocks ("partial=k").
+    partial: int | None = None
     vpt_tokens: int = 50
+    lora_rank: int = 8
+    lora_alpha: float = 1.0  # LoRA update scale = lora_alpha / lora_rank
+    adapter_dim: int = 8
+    adapter_scale: float = 0.1
+    adaptformer_dim: int = 64
+    adaptformer_scale: float = 0.1
+    # Head initialisation: "random", or "text" (CLIP text embeddings of text_template).
+    head_init: str = "random"
+    text_template: str = "a photo of a {}."
     logit_scale: float = 1 / 0.07
     # Input resolution; None = the backbone's own.
     image_size: int | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from collections.abc import Sequence
@@ -96,7 +97,7 @@ def train(
                           source=source, transforms=transforms)
     if user_backbone:
         backbone = _wrap_backbone(backbone, data.test[0][0])
-    model = build_model(config.model, data.num_classes, backbone=backbone)
+    model = build_model(config.model, data.num_classes, backbone=backbone, classes=data.classes)
     algorithm = build_algorithm(config.algorithm, data.num_classes, len(data.unlabeled))
     (output / "config.yaml").write_text(config.to_yaml())
     metadata = run_metadata(config, model, data, user_backbone)
@@ -192,7 +193,9 @@ def load(run_dir: str | Path, device: str = "auto", backbone: nn.Module | None =
     elif not isinstance(backbone, Backbone):
         backbone = ModuleBackbone(backbone, meta["num_features"], meta["image_size"],
                                   meta["mean"], meta["std"])
-    model = build_model(config.model, len(meta["classes"]), backbone=backbone)
+    # The heads come from the adapter file, so there is no need to embed class names again.
+    model_config = dataclasses.replace(config.model, head_init="random")
+    model = build_model(model_config, len(meta["classes"]), backbone=backbone)
     missing = set(model.trainable_state_dict()) - set(state)
     if missing:
         raise FinesslError(f"{adapter} does not match its config: missing {sorted(missing)[:3]}")
@@ -231,3 +234,26 @@ def collect_images(paths: Sequence[str | Path]) -> list[Path]:
     if not found:
         raise FinesslError("no images found in the given paths")
     return found
+
+
+@torch.no_grad()
+def zeroshot(config: Config | str | Path | dict, device: str = "auto") -> dict:
+    """CLIP zero-shot accuracy on the configured test set (no training): the lower baseline."""
+    from finessl.models.zeroshot import zeroshot_logits
+
+    config = _as_config(config)
+    backbone = build_backbone(config.model).eval()
+    data = build_ssl_data(config.data, backbone.image_size, backbone.mean, backbone.std,
+                          config.seed, strong_views=1)
+    text = backbone.text.embed(data.classes, config.model.text_template) if backbone.text else None
+    if text is None:
+        raise ConfigError("zero-shot classification needs an open_clip (CLIP) backbone")
+    target = resolve_device(device)
+    backbone.to(target)
+    loader = DataLoader(data.test, batch_size=config.train.eval_batch_size,
+                        num_workers=config.data.num_workers)
+    logits, labels = [], []
+    for images, targets in loader:
+        logits.append(zeroshot_logits(backbone, images.to(target), text.to(target)).cpu())
+        labels.append(torch.as_tensor(targets))
+    return classification_metrics(torch.cat(logits), torch.cat(labels))

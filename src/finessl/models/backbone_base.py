@@ -28,6 +28,8 @@ class Backbone(nn.Module):
         self.unused_prefixes: tuple[str, ...] = ()
         # Whether batch-norm statistics are updated in training (full fine-tuning).
         self.trains_norm_statistics = False
+        # CLIP text side (models.zeroshot.ClipText) when the backbone has one.
+        self.text = None
 
     def feature_parameters(self):
         """(name, parameter) pairs that influence the features."""

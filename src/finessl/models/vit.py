@@ -1,13 +1,23 @@
 """One Vision Transformer forward with named hook points, shared by every ViT family.
 
 open_clip and timm ViTs differ in parameter names, not in computation. A family adapter
-says how to embed patches, where the blocks are and how to pool; the loop here runs the
-blocks with ``scaled_dot_product_attention`` and lets PEFT modules act at named points
-(``before_block`` for now: VPT inserts its prompts there). The frozen weights keep their
-original names, so checkpoints of the family load unchanged.
+says how to embed patches, where a block's pieces are and how to pool; the loop here
+runs every block with ``scaled_dot_product_attention`` and lets PEFT modules act at named
+points. The frozen weights keep their original names, so the family's checkpoints load
+unchanged. Hook points, in the order a block reaches them::
+
+    before_block(i, tokens, seq_len) -> tokens      # VPT: replace / append prompt tokens
+    qkv(i, qkv, h) -> qkv                           # LoRA (q, v), SSF
+    attn_out(i, out, h) -> out                      # SSF
+    mlp_in(i, h, x) -> h                            # SSF
+    mlp_out(i, out, h) -> out                       # Adapter (sequential), SSF
+    mlp_parallel(i, h) -> extra                     # AdaptFormer: added beside the MLP
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -16,24 +26,38 @@ from torch import nn
 from finessl.errors import ConfigError
 from finessl.models.backbone_base import Backbone
 
+HOOK_POINTS = ("before_block", "qkv", "attn_out", "mlp_in", "mlp_out", "mlp_parallel")
 
-def fused_self_attention(
-    x: torch.Tensor,
-    qkv_weight: torch.Tensor,
-    qkv_bias: torch.Tensor | None,
-    out_proj: nn.Module,
-    num_heads: int,
-) -> torch.Tensor:
+
+@dataclass
+class BlockParts:
+    """The pieces of one pre-norm transformer block, whatever the family calls them."""
+
+    norm1: Callable
+    qkv: nn.Linear | Callable  # h -> [N, L, 3 * width]
+    num_heads: int
+    q_norm: Callable
+    k_norm: Callable
+    attn_post: Callable  # norm applied to the attention output before proj (timm); identity
+    proj: Callable
+    ls1: Callable
+    norm2: Callable
+    mlp: Callable  # h -> out (fc1, act, norm, fc2)
+    ls2: Callable
+
+
+def attention(qkv: torch.Tensor, parts: BlockParts) -> torch.Tensor:
     """Multi-head self-attention through ``F.scaled_dot_product_attention``."""
-    batch, length, width = x.shape
-    qkv = F.linear(x, qkv_weight, qkv_bias)
-    q, k, v = qkv.view(batch, length, 3, num_heads, width // num_heads).permute(2, 0, 3, 1, 4)
-    out = F.scaled_dot_product_attention(q, k, v)
-    return out_proj(out.transpose(1, 2).reshape(batch, length, width))
+    batch, length, triple = qkv.shape
+    width = triple // 3
+    heads = parts.num_heads
+    q, k, v = qkv.view(batch, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
+    out = F.scaled_dot_product_attention(parts.q_norm(q), parts.k_norm(k), v)
+    return out.transpose(1, 2).reshape(batch, length, width)
 
 
 class ViTBackbone(Backbone):
-    """Base of ViT backbones: subclasses provide ``embed``, ``blocks``, ``run_block``, ``pool``."""
+    """Base of ViT backbones: subclasses provide ``embed``, ``blocks``, ``parts``, ``pool``."""
 
     is_vit = True
     num_layers: int
@@ -47,32 +71,56 @@ class ViTBackbone(Backbone):
     def blocks(self) -> nn.ModuleList:
         raise NotImplementedError
 
-    def run_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def parts(self, block: nn.Module) -> BlockParts:
         raise NotImplementedError
 
-    def pool(self, x: torch.Tensor, seq_len: int) -> torch.Tensor:
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Feature from the final tokens (prompt tokens already removed)."""
         raise NotImplementedError
+
+    def _hooks(self) -> dict[str, list]:
+        return {p: [getattr(m, p) for m in self.peft.values() if hasattr(m, p)] for p in HOOK_POINTS}
+
+    def run_block(self, index: int, block: nn.Module, x: torch.Tensor, hooks) -> torch.Tensor:
+        parts = self.parts(block)
+        h = parts.norm1(x)
+        qkv = parts.qkv(h)
+        for hook in hooks["qkv"]:
+            qkv = hook(index, qkv, h)
+        out = parts.proj(parts.attn_post(attention(qkv, parts)))
+        for hook in hooks["attn_out"]:
+            out = hook(index, out, h)
+        x = x + parts.ls1(out)
+        h = parts.norm2(x)
+        for hook in hooks["mlp_in"]:
+            h = hook(index, h, x)
+        out = parts.mlp(h)
+        for hook in hooks["mlp_out"]:
+            out = hook(index, out, h)
+        for hook in hooks["mlp_parallel"]:
+            out = out + hook(index, h)
+        return x + parts.ls2(out)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        hooks = self._hooks()
         x = self.embed(images)
         seq_len = x.shape[1]
-        hooks = [m for m in self.peft.values() if hasattr(m, "before_block")]
         for index, block in enumerate(self.blocks):
-            for hook in hooks:
-                x = hook.before_block(index, x, seq_len)
-            x = self.run_block(block, x)
-        return self.pool(x, seq_len)
+            for hook in hooks["before_block"]:
+                x = hook(index, x, seq_len)
+            x = self.run_block(index, block, x, hooks)
+        return self.pool(x[:, :seq_len])
+
+
+def _identity(x):
+    return x
 
 
 class OpenClipViT(ViTBackbone):
-    """An open_clip ``VisionTransformer``; feature = ``ln_post`` of the CLS token (pre-projection)."""
+    """An open_clip ``VisionTransformer``; feature = pooled, ``ln_post``-ed, pre-projection."""
 
     def __init__(self, visual: nn.Module, mean, std, source: dict[str, str]) -> None:
         super().__init__()
-        if getattr(visual, "attn_pool", None) is not None:
-            raise ConfigError("open_clip ViTs with attentional pooling are not supported yet")
-        if visual.pool_type not in ("tok", "avg"):
-            raise ConfigError(f"open_clip ViT pool type {visual.pool_type!r} is not supported")
         first = visual.transformer.resblocks[0]
         if not isinstance(getattr(first, "attn", None), nn.MultiheadAttention):
             raise ConfigError("this open_clip ViT uses a custom attention block; not supported yet")
@@ -80,7 +128,7 @@ class OpenClipViT(ViTBackbone):
         self.num_layers = len(visual.transformer.resblocks)
         self.width = visual.conv1.out_channels
         self.patch_size = tuple(visual.patch_size)
-        self.num_features = self.width
+        self.num_features = self.width if visual.attn_pool is None else visual.output_dim
         self.image_size = int(visual.image_size[0])
         self.mean, self.std = tuple(mean), tuple(std)
         self.source = source
@@ -93,19 +141,64 @@ class OpenClipViT(ViTBackbone):
     def blocks(self) -> nn.ModuleList:
         return self.visual.transformer.resblocks
 
-    def run_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def parts(self, block: nn.Module) -> BlockParts:
         attn = block.attn
-        h = fused_self_attention(
-            block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias, attn.out_proj, attn.num_heads
+        return BlockParts(
+            norm1=block.ln_1,
+            qkv=lambda h: F.linear(h, attn.in_proj_weight, attn.in_proj_bias),
+            num_heads=attn.num_heads,
+            q_norm=_identity, k_norm=_identity, attn_post=_identity,
+            proj=attn.out_proj, ls1=block.ls_1, norm2=block.ln_2, mlp=block.mlp, ls2=block.ls_2,
         )
-        x = x + block.ls_1(h)
-        return x + block.ls_2(block.mlp(block.ln_2(x)))
 
-    def pool(self, x: torch.Tensor, seq_len: int) -> torch.Tensor:
-        visual = self.visual
-        if visual.pool_type == "tok":
-            return visual.ln_post(x[:, 0])
-        patches = x[:, 1:seq_len]  # average patch tokens only, never prompts
-        if visual.final_ln_after_pool:
-            return visual.ln_post(patches.mean(dim=1))
-        return visual.ln_post(patches).mean(dim=1)
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.visual._pool(tokens)[0]
+
+
+class TimmViT(ViTBackbone):
+    """A timm ``VisionTransformer`` (ImageNet-21k ViTs, DINOv2, SigLIP towers, ...)."""
+
+    def __init__(self, model: nn.Module, mean, std, source: dict[str, str],
+                 attr: str = "model") -> None:
+        super().__init__()
+        setattr(self, attr, model)
+        self._attr = attr
+        first = model.blocks[0]
+        if not hasattr(first, "attn") or not hasattr(first.attn, "qkv"):
+            raise ConfigError(f"timm model {source.get('backbone')!r} has no standard ViT blocks")
+        if getattr(first.attn, "q_bias", None) is not None:
+            raise ConfigError("timm ViTs with separate q/v biases (BEiT-style) are not supported yet")
+        self.num_layers = len(model.blocks)
+        self.width = model.embed_dim
+        self.patch_size = tuple(model.patch_embed.patch_size)
+        self.num_features = model.num_features
+        self.image_size = int(model.patch_embed.img_size[0])
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.source = source
+        self.unused_prefixes = (f"{attr}.head.",)
+
+    @property
+    def trunk(self) -> nn.Module:
+        return getattr(self, self._attr)
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        trunk = self.trunk
+        x = trunk._pos_embed(trunk.patch_embed(images))
+        return trunk.norm_pre(trunk.patch_drop(x))
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.trunk.blocks
+
+    def parts(self, block: nn.Module) -> BlockParts:
+        attn, mlp = block.attn, block.mlp
+        return BlockParts(
+            norm1=block.norm1, qkv=attn.qkv, num_heads=attn.num_heads,
+            q_norm=attn.q_norm, k_norm=attn.k_norm, attn_post=getattr(attn, "norm", _identity),
+            proj=attn.proj, ls1=block.ls1, norm2=block.norm2,
+            mlp=lambda h: mlp.fc2(mlp.norm(mlp.act(mlp.fc1(h)))), ls2=block.ls2,
+        )
+
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        trunk = self.trunk
+        return trunk.forward_head(trunk.norm(tokens), pre_logits=True)

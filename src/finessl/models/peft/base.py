@@ -7,15 +7,16 @@ from collections.abc import Callable
 from torch import nn
 
 from finessl.config import ModelConfig
+from finessl.errors import ConfigError
 from finessl.models.backbone_base import Backbone
 from finessl.registry import Registry
 
 
 class Peft(nn.Module):
-    """Base class. ``attach`` freezes/unfreezes backbone weights and registers the module.
+    """Base class. ``attach`` unfreezes backbone weights it tunes and registers the module.
 
-    A method that adds computation implements a hook named after a point of the ViT
-    forward (``before_block(index, tokens, seq_len)``); the backbone calls it there.
+    A method that adds computation implements hooks named after points of the ViT forward
+    (see ``finessl.models.vit``); the backbone calls them there.
     """
 
     name = "peft"
@@ -27,8 +28,46 @@ class Peft(nn.Module):
 PEFT_METHODS: Registry[Callable[[ModelConfig, Backbone], Peft]] = Registry("PEFT method")
 
 
+def peft_names(config: ModelConfig) -> list[str]:
+    names = [n.strip() for n in config.peft.split("+") if n.strip()]
+    if not names:
+        raise ConfigError("model.peft is empty")
+    return names
+
+
 def attach_peft(backbone: Backbone, config: ModelConfig) -> None:
-    """Freezes the backbone, then lets the configured method unfreeze or add weights."""
-    factory = PEFT_METHODS.get(config.peft)
+    """Freezes the backbone, then lets each configured method unfreeze or add weights."""
+    factories = [PEFT_METHODS.get(name) for name in peft_names(config)]
     backbone.requires_grad_(False)
-    factory(config, backbone).attach(backbone)
+    for factory in factories:
+        factory(config, backbone).attach(backbone)
+
+
+def require_vit(backbone: Backbone, method: str) -> None:
+    if not backbone.is_vit:
+        raise ConfigError(f"model.peft {method!r} needs a ViT backbone; for CNNs use "
+                          "'bn-tuning', 'bitfit', 'ssf', 'full' or 'linear'")
+
+
+def tuned_blocks(backbone: Backbone, config: ModelConfig) -> list[int]:
+    """Indices of the blocks a block-wise method applies to: all, or the last ``partial``."""
+    layers = backbone.num_layers
+    k = layers if config.partial is None else config.partial
+    if not 1 <= k <= layers:
+        raise ConfigError(f"model.partial must be between 1 and {layers}, got {config.partial}")
+    return list(range(layers - k, layers))
+
+
+class PerBlock(Peft):
+    """A method with one set of parameters per tuned block, looked up by block index."""
+
+    def __init__(self, backbone: Backbone, config: ModelConfig, make: Callable[[], nn.Module]):
+        super().__init__()
+        require_vit(backbone, self.name)
+        self.block_ids = tuned_blocks(backbone, config)
+        self.slot = {b: i for i, b in enumerate(self.block_ids)}
+        self.blocks = nn.ModuleList(make() for _ in self.block_ids)
+
+    def module_for(self, index: int) -> nn.Module | None:
+        slot = self.slot.get(index)
+        return None if slot is None else self.blocks[slot]

@@ -1,4 +1,12 @@
-"""Visual Prompt Tuning, deep variant: learned tokens replace the previous block's prompts."""
+"""Visual Prompt Tuning: learned tokens appended after the patch tokens.
+
+* ``vpt-deep``: before every tuned block, the previous prompts are dropped and the block's
+  own are appended (``x = cat(x[:, :seq_len], P_i)``);
+* ``vpt-shallow``: prompts enter once, before the first block, and flow through;
+* ``vpt-last``: prompts only before the last block.
+
+Prompts start uniform(-v, v), v = sqrt(6 / (3 * patch_h * patch_w + width)).
+"""
 
 from __future__ import annotations
 
@@ -10,29 +18,51 @@ from torch import nn
 from finessl.config import ModelConfig
 from finessl.errors import ConfigError
 from finessl.models.backbone_base import Backbone
-from finessl.models.peft.base import PEFT_METHODS, Peft
+from finessl.models.peft.base import PEFT_METHODS, Peft, require_vit, tuned_blocks
 
 
-@PEFT_METHODS.register("vpt-deep")
-class VPTDeep(Peft):
-    """Before block i: ``x = cat(x[:, :seq_len], P_i)`` with ``P_i`` of ``vpt_tokens`` tokens.
-
-    Prompts start uniform(-v, v), v = sqrt(6 / (3 * patch_h * patch_w + width)).
-    """
-
-    name = "vpt-deep"
-
-    def __init__(self, config: ModelConfig, backbone: Backbone) -> None:
+class VisualPrompts(Peft):
+    def __init__(self, config: ModelConfig, backbone: Backbone, block_ids: list[int]) -> None:
         super().__init__()
-        if not backbone.is_vit:
-            raise ConfigError("model.peft 'vpt-deep' needs a ViT backbone; try 'bitfit' or 'full'")
+        require_vit(backbone, self.name)
         if config.vpt_tokens < 1:
             raise ConfigError("model.vpt_tokens must be at least 1")
         patch_h, patch_w = backbone.patch_size
         bound = math.sqrt(6.0 / (3 * patch_h * patch_w + backbone.width))
-        prompts = torch.empty(backbone.num_layers, config.vpt_tokens, backbone.width)
+        prompts = torch.empty(len(block_ids), config.vpt_tokens, backbone.width)
         self.prompts = nn.Parameter(prompts.uniform_(-bound, bound))
+        self.slot = {b: i for i, b in enumerate(block_ids)}
 
     def before_block(self, index: int, tokens: torch.Tensor, seq_len: int) -> torch.Tensor:
-        prompt = self.prompts[index].to(tokens.dtype).expand(tokens.shape[0], -1, -1)
+        slot = self.slot.get(index)
+        if slot is None:
+            return tokens
+        prompt = self.prompts[slot].to(tokens.dtype).expand(tokens.shape[0], -1, -1)
         return torch.cat([tokens[:, :seq_len], prompt], dim=1)
+
+
+@PEFT_METHODS.register("vpt-deep")
+class VPTDeep(VisualPrompts):
+    name = "vpt-deep"
+
+    def __init__(self, config: ModelConfig, backbone: Backbone) -> None:
+        require_vit(backbone, self.name)
+        super().__init__(config, backbone, tuned_blocks(backbone, config))
+
+
+@PEFT_METHODS.register("vpt-shallow")
+class VPTShallow(VisualPrompts):
+    name = "vpt-shallow"
+
+    def __init__(self, config: ModelConfig, backbone: Backbone) -> None:
+        require_vit(backbone, self.name)
+        super().__init__(config, backbone, [0])
+
+
+@PEFT_METHODS.register("vpt-last")
+class VPTLast(VisualPrompts):
+    name = "vpt-last"
+
+    def __init__(self, config: ModelConfig, backbone: Backbone) -> None:
+        require_vit(backbone, self.name)
+        super().__init__(config, backbone, [backbone.num_layers - 1])
