@@ -133,3 +133,23 @@ def test_zeroshot_command(tmp_path):
     refused = finessl("zeroshot", "--preset", "smoke", "--model.backbone", "tiny-resnet",
                       "--model.peft", "bitfit")
     assert refused.returncode == 0  # CLIP ResNets have a text tower too
+
+
+@pytest.mark.parametrize("extra", [
+    ["--algorithm.name", "supervised"],
+    ["--algorithm.name", "pseudolabel"],
+    ["--algorithm.name", "fixmatch"],
+    ["--algorithm.name", "flexmatch"],
+    ["--algorithm.name", "freematch"],
+    ["--algorithm.name", "softmatch"],
+    ["--algorithm.name", "debiaspl"],
+    ["--algorithm.name", "fixmatch", "--algorithm.bms", "true", "--algorithm.dls", "true"],
+    ["--algorithm.name", "flexmatch", "--algorithm.bms", "true", "--algorithm.dls", "true",
+     "--algorithm.weighting", "aux"],
+])
+def test_smoke_runs_with_every_algorithm(extra, tmp_path):
+    result = finessl("train", "--preset", "smoke", "--output", str(tmp_path / "r"),
+                     "--train.steps", "2", "--train.steps_per_epoch", "2", *extra)
+    assert result.returncode == 0, result.stderr
+    final = json.loads((tmp_path / "r" / "final.json").read_text())
+    assert final["algorithm"] == extra[1] and final["steps"] == 2

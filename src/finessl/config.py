@@ -97,8 +97,25 @@ class AlgorithmConfig:
     smoothing: float = 0.5
     # Minimum auxiliary confidence for an unlabeled sample to count (th_min).
     aux_min_confidence: float = 0.0
-    # Strong views per unlabeled image (the reference uses two).
-    strong_views: int = 2
+    # Strong views per unlabeled image (None = the algorithm's default; FineSSL 2).
+    strong_views: int | None = None
+    # FineSSL's parts as switches on any algorithm (None = the algorithm's default):
+    # balanced margin softmax, and decoupled label smoothing (auxiliary head).
+    bms: bool | None = None
+    bms_labeled: bool = True  # False: margins on the unlabeled loss only (ablation)
+    margin_fixed: bool = False  # True: margin scale = alpha, not alpha * (max beta - min beta)
+    dls: bool | None = None
+    aux_stop_gradient: bool = True  # False: ablation, the auxiliary losses reach the backbone
+    # How unlabeled samples are weighted in L_u: "algorithm" (its own mask / weights),
+    # "aux" (auxiliary-head confidence, FineSSL), "main" (main-head confidence).
+    weighting: str | None = None
+    # FlexMatch: warm-up that counts unused samples as a class.
+    flex_warmup: bool = True
+    # FreeMatch / SoftMatch / DebiasPL EMA momenta and parameters.
+    ema_momentum: float = 0.999
+    fairness_weight: float = 0.01  # FreeMatch lambda_f
+    softmatch_sigmas: float = 2.0  # SoftMatch n_sigma
+    debias_strength: float = 0.4  # DebiasPL tau
 
 
 @dataclass

@@ -1,6 +1,13 @@
 """SSL algorithms: how to pseudo-label, which labels to trust and how much, which loss."""
 
-from finessl.algorithms import finessl, fixmatch, supervised  # noqa: F401  (registration)
+from finessl.algorithms import (  # noqa: F401  (registration)
+    debiaspl,
+    fixmatch,
+    flexmatch,
+    freematch,
+    softmatch,
+    supervised,
+)
 from finessl.algorithms.base import (
     ALGORITHMS,
     Algorithm,

@@ -34,24 +34,33 @@ class StepResult:
 
 
 class Algorithm(nn.Module):
-    """Base class. Subclasses own their state as buffers, so it is checkpointed with them."""
+    """Base class. Subclasses own their state as buffers, so it is checkpointed with them.
+
+    ``defaults`` holds the algorithm's own values for the config keys left at None
+    (``unlabeled_weight``, ``strong_views``, ``bms``, ``dls``, ``weighting``).
+    """
 
     name = "algorithm"
     uses_unlabeled = True
-    default_unlabeled_weight = 1.0
+    defaults: dict = {"unlabeled_weight": 1.0, "strong_views": 1, "bms": False, "dls": False,
+                      "weighting": "algorithm"}
 
     def __init__(self, config: AlgorithmConfig, num_classes: int, num_unlabeled: int) -> None:
         super().__init__()
         self.config = config
         self.num_classes = num_classes
         self.num_unlabeled = num_unlabeled
-        weight = config.unlabeled_weight
-        self.unlabeled_weight = self.default_unlabeled_weight if weight is None else weight
+        self.unlabeled_weight = self.option(config, "unlabeled_weight")
+
+    @classmethod
+    def option(cls, config: AlgorithmConfig, key: str):
+        value = getattr(config, key)
+        return cls.defaults[key] if value is None else value
 
     @classmethod
     def strong_views(cls, config: AlgorithmConfig) -> int:
         """How many strong views of each unlabeled image the data pipeline must produce."""
-        return 1
+        return cls.option(config, "strong_views") if cls.uses_unlabeled else 0
 
     def on_epoch_start(self, epoch: int) -> None:
         """Called before the first step of every epoch."""
@@ -94,17 +103,20 @@ class Features:
     weak: torch.Tensor | None  # computed without gradients
 
 
-def forward_views(model: nn.Module, batch: Batch) -> Features:
+def forward_views(model: nn.Module, batch: Batch, weak_grad: bool = False) -> Features:
     """Labeled and strong views in one forward with gradients; the weak view without.
 
     The weak view only produces pseudo-labels and confidences, so building its graph (as
-    the reference code does) is wasted memory and time.
+    the reference code does) is wasted memory and time. ``weak_grad`` is for algorithms
+    that train on the weak view itself (Pseudo-Label).
     """
     weak = None
-    if batch.weak is not None:
+    if batch.weak is not None and not weak_grad:
         with torch.no_grad():
-            weak = model.features(batch.weak)
-    parts = [batch.images, *batch.strong]
+            weak = model.features(batch.weak).float()
+    parts = [batch.images, *batch.strong] + ([batch.weak] if weak_grad else [])
     features = model.features(torch.cat(parts)).float()
     chunks = list(features.split([p.shape[0] for p in parts]))
-    return Features(labeled=chunks[0], strong=chunks[1:], weak=weak.float() if weak is not None else None)
+    if weak_grad:
+        weak = chunks.pop()
+    return Features(labeled=chunks[0], strong=chunks[1:], weak=weak)

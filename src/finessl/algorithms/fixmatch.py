@@ -1,38 +1,41 @@
-"""FixMatch (Sohn et al., 2020): hard pseudo-labels from the weak view above a threshold."""
+"""FixMatch (Sohn et al., 2020) and Pseudo-Label (Lee, 2013): confidence-thresholded hard labels."""
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-
-from finessl.algorithms.base import (
-    ALGORITHMS,
-    Algorithm,
-    Batch,
-    StepResult,
-    forward_views,
-    pseudo_label_accuracy,
-)
+from finessl.algorithms.base import ALGORITHMS
+from finessl.algorithms.pseudo_labeling import PseudoLabeling
 
 
 @ALGORITHMS.register("fixmatch")
-class FixMatch(Algorithm):
+class FixMatch(PseudoLabeling):
     """``L = CE(x, y) + w * mean_i [c_i >= tau] CE(strong_i, argmax p_weak_i)``."""
 
     name = "fixmatch"
 
-    def step(self, model: nn.Module, batch: Batch) -> StepResult:
-        feats = forward_views(model, batch)
-        head = model.head
-        loss_x = F.cross_entropy(head(feats.labeled), batch.labels)
-        probs = torch.softmax(head(feats.weak), dim=-1)
-        confidence, pseudo = probs.max(dim=-1)
-        mask = confidence >= self.config.threshold
-        per_sample = F.cross_entropy(head(feats.strong[0]), pseudo, reduction="none")
-        loss_u = (per_sample * mask.float()).mean()
-        loss = loss_x + self.unlabeled_weight * loss_u
-        logs = {"loss": loss.item(), "loss_x": loss_x.item(), "loss_u": loss_u.item(),
-                "mask": mask.float().mean().item(), "conf": confidence.mean().item()}
-        logs.update(pseudo_label_accuracy(pseudo, batch.unlabeled_labels, mask))
-        return StepResult(loss, logs, {"loss_x": loss_x, "loss_u": loss_u})
+
+@ALGORITHMS.register("pseudolabel")
+class PseudoLabel(PseudoLabeling):
+    """Trains on its own confident predictions for the (weakly augmented) image itself."""
+
+    name = "pseudolabel"
+    weak_grad = True
+    defaults = {**PseudoLabeling.defaults, "strong_views": 0}
+
+
+@ALGORITHMS.register("finessl")
+class FineSSL(PseudoLabeling):
+    """FineSSL (Gan & Wei, ICML 2024) = FixMatch + balanced margin softmax + decoupled label
+    smoothing, with every unlabeled sample weighted by the auxiliary head's confidence.
+
+    The spec's section 3, step by step: beta from the class pace; margins
+    ``Delta_k = alpha (max beta - min beta) (1 - beta_k) / (1 + beta_k)``;
+    ``L_x = CE_BMS(h(z_x), y)``, ``L_x' = CE(h'(sg z_x), y)``; pseudo-labels and ``c`` from
+    the main head on the weak view, ``c'`` from the auxiliary head;
+    ``L_u = mean c' [c' >= th_min] CE_BMS(h(z_s), yhat)`` over all strong views and samples;
+    ``L_u' = mean over c >= tau of CE(h'(sg z_s), smoothed yhat)``; pace update for
+    ``c >= tau``; ``L = L_x + L_x' + gamma L_u + L_u'``.
+    """
+
+    name = "finessl"
+    defaults = {"unlabeled_weight": 3.0, "strong_views": 2, "bms": True, "dls": True,
+                "weighting": "aux"}

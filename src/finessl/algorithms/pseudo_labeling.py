@@ -1,0 +1,143 @@
+"""The family of pseudo-labeling SSL algorithms, with FineSSL's parts as switches.
+
+One step: supervised loss on the labeled batch; pseudo-labels from the weak view; a
+weight per unlabeled sample; a loss on the strong view(s). Each algorithm overrides the
+pieces its paper changes:
+
+* ``adjust_probs``   the weak view's class probabilities (SoftMatch's uniform alignment,
+                     DebiasPL's debiasing);
+* ``mask``           per-sample weight and "selected" flag (FixMatch threshold, FlexMatch
+                     curriculum thresholds, FreeMatch self-adaptive, SoftMatch Gaussian);
+* ``adjust_strong``  the strong-view logits inside the loss (DebiasPL's adaptive margin);
+* ``extra_losses``   further terms (FreeMatch's fairness loss).
+
+FineSSL's parts, usable on all of them: ``bms`` (balanced margin softmax from the class
+pace of selected pseudo-labels) and ``dls`` (auxiliary head on stop-gradient features
+trained with smoothed pseudo-labels); ``weighting`` chooses whether L_u weights come
+from the algorithm, the auxiliary head's confidence (FineSSL) or the main head's.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from finessl.algorithms.base import Algorithm, Batch, StepResult, forward_views, pseudo_label_accuracy
+from finessl.algorithms.components import (
+    ClassPace,
+    balanced_margins,
+    margin_cross_entropy,
+    masked_mean,
+    smoothed_targets,
+    soft_cross_entropy,
+)
+from finessl.config import AlgorithmConfig
+from finessl.errors import ConfigError
+
+WEIGHTINGS = ("algorithm", "aux", "main")
+
+
+class PseudoLabeling(Algorithm):
+    """FixMatch-style step; subclasses override the hooks above."""
+
+    weak_grad = False  # Pseudo-Label trains on the weak view itself
+
+    def __init__(self, config: AlgorithmConfig, num_classes: int, num_unlabeled: int) -> None:
+        super().__init__(config, num_classes, num_unlabeled)
+        self.bms = self.option(config, "bms")
+        self.dls = self.option(config, "dls")
+        self.weighting = self.option(config, "weighting")
+        if self.weighting not in WEIGHTINGS:
+            raise ConfigError(f"algorithm.weighting must be one of {', '.join(WEIGHTINGS)}")
+        if self.weighting == "aux" and not self.dls:
+            raise ConfigError("algorithm.weighting 'aux' needs the auxiliary head (algorithm.dls true)")
+        if self.bms:
+            self.pace = ClassPace(num_unlabeled, num_classes)
+
+    # ------------------------------------------------------------------ hooks
+
+    def adjust_probs(self, probs: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        return probs
+
+    def mask(self, probs: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weight in [0, 1], selected bool) per sample; default: FixMatch's threshold."""
+        selected = probs.max(dim=-1).values >= self.config.threshold
+        return selected.float(), selected
+
+    def adjust_strong(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits
+
+    def extra_losses(self, strong_logits: torch.Tensor, weight: torch.Tensor,
+                     selected: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {}
+
+    # ------------------------------------------------------------------ FineSSL parts
+
+    def on_epoch_start(self, epoch: int) -> None:
+        if self.bms:
+            self.pace.reset()
+
+    def margins(self) -> torch.Tensor | None:
+        if not self.bms:
+            return None
+        beta = self.pace.refresh()
+        if self.config.margin_fixed:
+            return self.config.margin_alpha * (1 - beta) / (1 + beta)
+        return balanced_margins(beta, self.config.margin_alpha)
+
+    # ------------------------------------------------------------------ the step
+
+    def step(self, model: nn.Module, batch: Batch) -> StepResult:
+        cfg = self.config
+        margins = self.margins()
+        feats = forward_views(model, batch, weak_grad=self.weak_grad)
+        head = model.head
+
+        loss_x = margin_cross_entropy(head(feats.labeled), batch.labels,
+                                      margins if cfg.bms_labeled else None).mean()
+        with torch.no_grad():
+            logits_w = head(feats.weak.detach()).float()
+            probs = self.adjust_probs(logits_w.softmax(dim=-1), logits_w)
+            confidence, pseudo = probs.max(dim=-1)
+            weight, selected = self.mask(probs, batch)
+
+        terms: dict[str, torch.Tensor] = {"loss_x": loss_x}
+        strong_feats = [feats.weak] if self.weak_grad else feats.strong
+        views = len(strong_feats)
+        strong = torch.cat(strong_feats)
+        logs: dict[str, float] = {}
+        if self.dls:
+            aux_in = (lambda z: z.detach()) if cfg.aux_stop_gradient else (lambda z: z)
+            aux_head = model.aux_head
+            terms["loss_x_aux"] = F.cross_entropy(aux_head(aux_in(feats.labeled)), batch.labels)
+            with torch.no_grad():
+                aux_confidence = aux_head(feats.weak.detach()).softmax(dim=-1).max(dim=-1).values
+            soft = smoothed_targets(pseudo, self.num_classes, cfg.smoothing)
+            aux_strong = aux_head(aux_in(strong))
+            terms["loss_u_aux"] = masked_mean(soft_cross_entropy(aux_strong, soft.repeat(views, 1)),
+                                              selected.repeat(views))
+            logs["aux_conf"] = aux_confidence.mean().item()
+
+        if self.weighting == "aux":
+            weight = aux_confidence * (aux_confidence >= cfg.aux_min_confidence).float()
+        elif self.weighting == "main":
+            weight = confidence
+
+        strong_logits = head(strong)
+        per_sample = margin_cross_entropy(self.adjust_strong(strong_logits), pseudo.repeat(views),
+                                          margins)
+        terms["loss_u"] = (weight.repeat(views) * per_sample).mean()
+        terms.update(self.extra_losses(strong_logits, weight, selected))
+        if self.bms:
+            self.pace.update(batch.unlabeled_index, pseudo, selected)
+
+        loss = sum(value if key != "loss_u" else self.unlabeled_weight * value
+                   for key, value in terms.items())
+        logs.update({key: value.item() for key, value in terms.items()})
+        logs.update({"loss": loss.item(), "mask": selected.float().mean().item(),
+                     "weight": weight.mean().item(), "conf": confidence.mean().item()})
+        if margins is not None:
+            logs["margin_max"] = margins.max().item()
+        logs.update(pseudo_label_accuracy(pseudo, batch.unlabeled_labels, selected))
+        return StepResult(loss, logs, terms)

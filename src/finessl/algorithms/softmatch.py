@@ -1,0 +1,43 @@
+"""SoftMatch (Chen et al., ICLR 2023): truncated-Gaussian weights and uniform alignment.
+
+Uniform alignment: ``p <- SumNorm(p * (1/C) / p_model)`` where ``p_model`` is an EMA
+(momentum m, initialised to 1/C) of the batch-mean weak-view probabilities, updated
+before aligning. Weights from the aligned confidence ``c``: EMAs ``mu_t``, ``var_t``
+(unbiased) of ``c`` (initialised to 1/C and 1), updated before weighting;
+``w = exp(-(min(c - mu_t, 0))^2 / (2 var_t / n_sigma^2))``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from finessl.algorithms.base import ALGORITHMS, Batch
+from finessl.algorithms.pseudo_labeling import PseudoLabeling
+from finessl.config import AlgorithmConfig
+
+
+@ALGORITHMS.register("softmatch")
+class SoftMatch(PseudoLabeling):
+    name = "softmatch"
+
+    def __init__(self, config: AlgorithmConfig, num_classes: int, num_unlabeled: int) -> None:
+        super().__init__(config, num_classes, num_unlabeled)
+        self.register_buffer("p_model", torch.full((num_classes,), 1.0 / num_classes))
+        self.register_buffer("mu", torch.tensor(1.0 / num_classes))
+        self.register_buffer("var", torch.tensor(1.0))
+
+    def adjust_probs(self, probs: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        m = self.config.ema_momentum
+        self.p_model.mul_(m).add_((1 - m) * probs.mean(dim=0))
+        aligned = probs * (1.0 / self.num_classes) / self.p_model
+        return aligned / aligned.sum(dim=-1, keepdim=True)
+
+    def mask(self, probs: torch.Tensor, batch: Batch):
+        m = self.config.ema_momentum
+        confidence = probs.max(dim=-1).values
+        self.mu.mul_(m).add_((1 - m) * confidence.mean())
+        if confidence.numel() > 1:
+            self.var.mul_(m).add_((1 - m) * confidence.var(unbiased=True))
+        gap = torch.clamp(confidence - self.mu, max=0.0)
+        weight = torch.exp(-(gap ** 2) / (2 * self.var / self.config.softmatch_sigmas ** 2))
+        return weight, confidence >= self.mu
