@@ -161,9 +161,10 @@ def test_weak_view_is_forwarded_without_gradient():
 
     model = build_model(ModelConfig(peft="full"), C,
                         backbone=ModuleBackbone(Recorder(), num_features=D))
-    feats = forward_views(model, make_batch())
+    out = forward_views(model, make_batch(), aux=True)
     assert calls == [(B, False), (3 * B, True)]
-    assert not feats.weak.requires_grad and feats.strong[0].requires_grad
+    assert not out.weak.requires_grad and not out.weak_aux.requires_grad
+    assert out.strong.requires_grad and out.strong.shape[0] == 2 * B
 
 
 def test_one_strong_view_setting():

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -101,7 +103,8 @@ def cmd_train(args, overrides) -> int:
     output = Path(args.resume or args.output or f"runs/{config.algorithm.name}-{int(time.time())}")
     final = train(config, output, callbacks=[_progress(config.train.log_every)],
                   resume=bool(args.resume))
-    print(f"{output}: {_summary(final)}")
+    if os.environ.get("RANK", "0") == "0":
+        print(f"{output}: {_summary(final)}")
     return 0
 
 
@@ -230,8 +233,11 @@ def main(argv: list[str] | None = None) -> int:
         overrides = parse_overrides(rest) if rest else {}
         return args.func(args, overrides)
     except FinesslError as error:
-        print(f"finessl: error: {error}", file=sys.stderr)
-        return 2
+        from finessl.engine.trainer import TrainingInterrupted
+
+        print(f"finessl: {'stopped' if isinstance(error, TrainingInterrupted) else 'error'}: "
+              f"{error}", file=sys.stderr)
+        return 128 + signal.SIGTERM if isinstance(error, TrainingInterrupted) else 2
     except KeyboardInterrupt:
         print("finessl: interrupted", file=sys.stderr)
         return 130

@@ -134,8 +134,12 @@ class TrainConfig:
     precision: str = "auto"
     device: str = "auto"
     eval_every: int | None = None  # steps; None = once per epoch
+    checkpoint_every: int | None = None  # steps; checkpoints are also written at every eval
     eval_batch_size: int = 128
     log_every: int = 50
+    tensorboard: bool = True  # event files in run_dir/tensorboard when tensorboard is installed
+    compile: bool = False  # torch.compile the model
+    channels_last: bool = True  # channels-last memory format for CNNs on CUDA
 
 
 @dataclass

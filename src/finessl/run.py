@@ -21,7 +21,15 @@ from finessl.data.augment import build_transforms
 from finessl.data.datasets import SourceData, list_images, load_image
 from finessl.data.ssl_data import SSLData, build_ssl_data
 from finessl.engine.checkpoint import load_adapter, load_state, write_json
-from finessl.engine.trainer import Callback, LogProgress, Trainer, autocast_for, resolve_device
+from finessl.engine.distributed import init_distributed
+from finessl.engine.trainer import (
+    Callback,
+    LogProgress,
+    TensorBoardLog,
+    Trainer,
+    autocast_for,
+    resolve_device,
+)
 from finessl.errors import ConfigError, FinesslError
 from finessl.eval.metrics import classification_metrics, predict_logits
 from finessl.models import FinesslModel, build_backbone, build_model
@@ -83,7 +91,10 @@ def train(
         raise FinesslError(f"nothing to resume: {output / 'state.pt'} does not exist")
     if not resume and (output / "state.pt").is_file():
         raise FinesslError(f"{output} already holds a run; use --resume or another --output")
-    output.mkdir(parents=True, exist_ok=True)
+    dist = init_distributed(resolve_device(config.train.device).type)
+    dist.barrier()  # every process has checked the run directory before anything is written
+    if dist.is_main:
+        output.mkdir(parents=True, exist_ok=True)
     seed_everything(config.seed)
 
     user_backbone = backbone is not None
@@ -99,11 +110,14 @@ def train(
         backbone = _wrap_backbone(backbone, data.test[0][0])
     model = build_model(config.model, data.num_classes, backbone=backbone, classes=data.classes)
     algorithm = build_algorithm(config.algorithm, data.num_classes, len(data.unlabeled))
-    (output / "config.yaml").write_text(config.to_yaml())
+    if dist.is_main:
+        (output / "config.yaml").write_text(config.to_yaml())
     metadata = run_metadata(config, model, data, user_backbone)
-    trainer = Trainer(config, model, algorithm, data, output,
-                      callbacks=list(callbacks) if callbacks is not None else [LogProgress()],
-                      metadata=metadata)
+    callbacks = list(callbacks) if callbacks is not None else [LogProgress(config.train.log_every)]
+    if config.train.tensorboard and dist.is_main:
+        callbacks.append(TensorBoardLog(output / "tensorboard"))
+    trainer = Trainer(config, model, algorithm, data, output, callbacks=callbacks,
+                      metadata=metadata, dist=dist)
     if resume:
         trainer.load_state_dict(load_state(output / "state.pt"))
         log.info("resuming %s from step %d", output, trainer.step)

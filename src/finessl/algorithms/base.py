@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from finessl.config import AlgorithmConfig
+from finessl.engine.distributed import DistEnv
 from finessl.registry import Registry
 
 
@@ -51,6 +52,8 @@ class Algorithm(nn.Module):
         self.num_classes = num_classes
         self.num_unlabeled = num_unlabeled
         self.unlabeled_weight = self.option(config, "unlabeled_weight")
+        # Set by the trainer under torchrun: state updates then see the global batch.
+        self.dist = DistEnv()
 
     @classmethod
     def option(cls, config: AlgorithmConfig, key: str):
@@ -97,26 +100,41 @@ def pseudo_label_accuracy(pseudo: torch.Tensor, truth: torch.Tensor | None,
 
 
 @dataclass
-class Features:
+class ViewLogits:
+    """Main (and auxiliary) logits of each view; strong views are concatenated in order."""
+
     labeled: torch.Tensor
-    strong: list[torch.Tensor]
-    weak: torch.Tensor | None  # computed without gradients
+    strong: torch.Tensor | None
+    weak: torch.Tensor | None  # without gradients unless the algorithm trains on it
+    labeled_aux: torch.Tensor | None = None
+    strong_aux: torch.Tensor | None = None
+    weak_aux: torch.Tensor | None = None
 
 
-def forward_views(model: nn.Module, batch: Batch, weak_grad: bool = False) -> Features:
+def forward_views(model: nn.Module, batch: Batch, weak_grad: bool = False, aux: bool = False,
+                  aux_stop_gradient: bool = True) -> ViewLogits:
     """Labeled and strong views in one forward with gradients; the weak view without.
 
     The weak view only produces pseudo-labels and confidences, so building its graph (as
     the reference code does) is wasted memory and time. ``weak_grad`` is for algorithms
-    that train on the weak view itself (Pseudo-Label).
+    that train on the weak view itself (Pseudo-Label); ``aux`` adds the auxiliary head.
     """
-    weak = None
+    def run(images):
+        out = model(images, aux=aux, aux_stop_gradient=aux_stop_gradient)
+        return (out[0].float(), out[1].float()) if aux else (out.float(), None)
+
+    weak = weak_aux = None
     if batch.weak is not None and not weak_grad:
         with torch.no_grad():
-            weak = model.features(batch.weak).float()
+            weak, weak_aux = run(batch.weak)
     parts = [batch.images, *batch.strong] + ([batch.weak] if weak_grad else [])
-    features = model.features(torch.cat(parts)).float()
-    chunks = list(features.split([p.shape[0] for p in parts]))
+    sizes = [p.shape[0] for p in parts]
+    logits, aux_logits = run(torch.cat(parts))
+    chunks = logits.split(sizes)
+    aux_chunks = aux_logits.split(sizes) if aux else [None] * len(parts)
     if weak_grad:
-        weak = chunks.pop()
-    return Features(labeled=chunks[0], strong=chunks[1:], weak=weak)
+        weak, weak_aux = chunks[-1], aux_chunks[-1]
+        chunks, aux_chunks = chunks[:-1], aux_chunks[:-1]
+    strong = torch.cat(chunks[1:]) if len(chunks) > 1 else None
+    strong_aux = torch.cat(aux_chunks[1:]) if aux and len(chunks) > 1 else None
+    return ViewLogits(chunks[0], strong, weak, aux_chunks[0], strong_aux, weak_aux)

@@ -23,7 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from finessl.algorithms.base import Algorithm, Batch, StepResult, forward_views, pseudo_label_accuracy
+from finessl.algorithms.base import (
+    Algorithm,
+    Batch,
+    StepResult,
+    forward_views,
+    pseudo_label_accuracy,
+)
 from finessl.algorithms.components import (
     ClassPace,
     balanced_margins,
@@ -91,46 +97,43 @@ class PseudoLabeling(Algorithm):
     def step(self, model: nn.Module, batch: Batch) -> StepResult:
         cfg = self.config
         margins = self.margins()
-        feats = forward_views(model, batch, weak_grad=self.weak_grad)
-        head = model.head
-
-        loss_x = margin_cross_entropy(head(feats.labeled), batch.labels,
+        out = forward_views(model, batch, weak_grad=self.weak_grad, aux=self.dls,
+                            aux_stop_gradient=cfg.aux_stop_gradient)
+        loss_x = margin_cross_entropy(out.labeled, batch.labels,
                                       margins if cfg.bms_labeled else None).mean()
         with torch.no_grad():
-            logits_w = head(feats.weak.detach()).float()
+            # State (EMAs, counts, pace) is updated from the global batch, so every process
+            # holds the same state under torchrun; each then keeps its own share.
+            dist = self.dist
+            logits_w = dist.gather(out.weak.detach())
+            index = dist.gather(batch.unlabeled_index)
             probs = self.adjust_probs(logits_w.softmax(dim=-1), logits_w)
+            weight, selected = self.mask(probs, Batch(batch.images, batch.labels, index))
+            if self.bms:
+                self.pace.update(index, probs.argmax(dim=-1), selected)
+            probs, weight, selected = (dist.local_slice(t) for t in (probs, weight, selected))
             confidence, pseudo = probs.max(dim=-1)
-            weight, selected = self.mask(probs, batch)
 
+        # Pseudo-Label trains on the weak view itself; the others on their strong views.
+        strong, strong_aux = (out.weak, out.weak_aux) if self.weak_grad else (out.strong, out.strong_aux)
+        views = strong.shape[0] // pseudo.shape[0]
         terms: dict[str, torch.Tensor] = {"loss_x": loss_x}
-        strong_feats = [feats.weak] if self.weak_grad else feats.strong
-        views = len(strong_feats)
-        strong = torch.cat(strong_feats)
         logs: dict[str, float] = {}
         if self.dls:
-            aux_in = (lambda z: z.detach()) if cfg.aux_stop_gradient else (lambda z: z)
-            aux_head = model.aux_head
-            terms["loss_x_aux"] = F.cross_entropy(aux_head(aux_in(feats.labeled)), batch.labels)
-            with torch.no_grad():
-                aux_confidence = aux_head(feats.weak.detach()).softmax(dim=-1).max(dim=-1).values
+            aux_confidence = out.weak_aux.detach().softmax(dim=-1).max(dim=-1).values
             soft = smoothed_targets(pseudo, self.num_classes, cfg.smoothing)
-            aux_strong = aux_head(aux_in(strong))
-            terms["loss_u_aux"] = masked_mean(soft_cross_entropy(aux_strong, soft.repeat(views, 1)),
+            terms["loss_x_aux"] = F.cross_entropy(out.labeled_aux, batch.labels)
+            terms["loss_u_aux"] = masked_mean(soft_cross_entropy(strong_aux, soft.repeat(views, 1)),
                                               selected.repeat(views))
             logs["aux_conf"] = aux_confidence.mean().item()
-
         if self.weighting == "aux":
             weight = aux_confidence * (aux_confidence >= cfg.aux_min_confidence).float()
         elif self.weighting == "main":
             weight = confidence
 
-        strong_logits = head(strong)
-        per_sample = margin_cross_entropy(self.adjust_strong(strong_logits), pseudo.repeat(views),
-                                          margins)
+        per_sample = margin_cross_entropy(self.adjust_strong(strong), pseudo.repeat(views), margins)
         terms["loss_u"] = (weight.repeat(views) * per_sample).mean()
-        terms.update(self.extra_losses(strong_logits, weight, selected))
-        if self.bms:
-            self.pace.update(batch.unlabeled_index, pseudo, selected)
+        terms.update(self.extra_losses(strong, weight, selected))
 
         loss = sum(value if key != "loss_u" else self.unlabeled_weight * value
                    for key, value in terms.items())

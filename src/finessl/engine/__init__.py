@@ -1,1 +1,1 @@
-"""Training loop, checkpoints and run directories."""
+"""Training loop, sampling, distributed helpers and checkpoints."""

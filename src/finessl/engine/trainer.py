@@ -1,10 +1,11 @@
 """The training loop: epochs of steps, evaluation, logs and checkpoints in a run directory.
 
-Run directory:
+Run directory (written by the main process only):
   config.yaml          resolved configuration
   metrics.jsonl        one JSON object per line ("kind": "train" or "eval")
+  tensorboard/         the same scalars as TensorBoard event files (if tensorboard is installed)
   adapter.safetensors  trainable weights only, with metadata naming the backbone
-  state.pt             optimizer / schedule / algorithm state to resume from
+  state.pt             optimizer / schedule / algorithm state / RNG to resume from
   final.json           final metrics, steps, seconds, trainable parameters
 """
 
@@ -15,6 +16,7 @@ import json
 import logging
 import math
 import random
+import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -23,13 +25,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Subset
 
 from finessl.algorithms import Algorithm, Batch
 from finessl.config import Config, TrainConfig
 from finessl.data.ssl_data import SSLData
 from finessl.engine.checkpoint import save_adapter, save_state, write_json
-from finessl.errors import ConfigError
+from finessl.engine.distributed import DistEnv
+from finessl.engine.sampling import EpochSampler, SeededItems
+from finessl.errors import ConfigError, FinesslError
 from finessl.eval.metrics import classification_metrics, predict_logits
 
 log = logging.getLogger(__name__)
@@ -37,15 +41,22 @@ log = logging.getLogger(__name__)
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+class TrainingInterrupted(FinesslError):
+    """SIGINT / SIGTERM arrived; the run was checkpointed and can be resumed."""
+
+
 # --------------------------------------------------------------------------- device & precision
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device is 'cuda' but no CUDA device is available")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("train.device is 'cuda' but no CUDA device is available")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
     return device
 
 
@@ -66,40 +77,12 @@ def autocast_for(precision: str, device: torch.device) -> Callable[[], contextli
     return lambda: torch.autocast(device.type, dtype=dtype)
 
 
-# --------------------------------------------------------------------------- sampling
-
-
-class EpochSampler(Sampler[int]):
-    """Indices for one epoch of ``steps * batch_size`` draws, seeded by (seed, epoch).
-
-    Concatenated random permutations, so every image is seen equally often. Seeding per
-    epoch and skipping consumed steps lets a resumed run continue the same stream.
-    """
-
-    def __init__(self, size: int, batch_size: int, steps: int, seed: int) -> None:
-        self.size, self.batch_size, self.steps, self.seed = size, batch_size, steps, seed
-        self.epoch, self.start_step = 0, 0
-
-    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
-        self.epoch, self.start_step = epoch, start_step
-
-    def __len__(self) -> int:
-        return (self.steps - self.start_step) * self.batch_size
-
-    def __iter__(self) -> Iterator[int]:
-        rng = np.random.default_rng([self.seed, self.epoch])
-        needed = self.steps * self.batch_size
-        perms = [rng.permutation(self.size) for _ in range(math.ceil(needed / self.size))]
-        order = np.concatenate(perms)[self.start_step * self.batch_size: needed]
-        return iter(order.tolist())
-
-
 def make_loader(dataset, batch_size: int, steps: int, seed: int, workers: int,
-                device: torch.device) -> DataLoader:
+                device: torch.device, dist: DistEnv) -> DataLoader:
     return DataLoader(
-        dataset,
+        SeededItems(dataset, seed),
         batch_size=batch_size,
-        sampler=EpochSampler(len(dataset), batch_size, steps, seed),
+        sampler=EpochSampler(len(dataset), batch_size, steps, seed, dist.rank, dist.world_size),
         num_workers=workers,
         pin_memory=device.type == "cuda",
         drop_last=True,
@@ -117,6 +100,9 @@ class Callback:
     def on_step(self, step: int, logs: dict[str, float]) -> None: ...
     def on_eval(self, step: int, metrics: dict) -> None: ...
     def on_train_end(self, final: dict) -> None: ...
+
+
+SHOWN_LOGS = ("loss", "mask", "pl_acc", "lr")
 
 
 class LogProgress(Callback):
@@ -138,7 +124,50 @@ class LogProgress(Callback):
                  metrics["balanced_acc"], metrics["ece"])
 
 
-SHOWN_LOGS = ("loss", "mask", "pl_acc", "lr")
+class TensorBoardLog(Callback):
+    """Scalars to ``run_dir/tensorboard`` (skipped, with one log line, without tensorboard)."""
+
+    def __init__(self, folder: Path) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            log.info("tensorboard is not installed; no event files are written")
+            self.writer = None
+            return
+        self.writer = SummaryWriter(str(folder))
+
+    def on_step(self, step: int, logs: dict[str, float]) -> None:
+        if self.writer is not None:
+            for key, value in logs.items():
+                self.writer.add_scalar(f"train/{key}", value, step)
+
+    def on_eval(self, step: int, metrics: dict) -> None:
+        if self.writer is not None:
+            for key in ("top1", "balanced_acc", "ece", "nll", "top5"):
+                if key in metrics:
+                    self.writer.add_scalar(f"eval/{key}", metrics[key], step)
+            self.writer.flush()
+
+    def on_train_end(self, final: dict) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[list[int]]:
+    """Records SIGINT / SIGTERM instead of dying mid-step; restores the handlers after."""
+    received: list[int] = []
+    previous = {}
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, lambda number, _frame: received.append(number))
+    except ValueError:  # not the main thread: leave signals alone
+        pass
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 # --------------------------------------------------------------------------- trainer
@@ -155,14 +184,18 @@ class Trainer:
     output: Path
     callbacks: Sequence[Callback] = field(default_factory=list)
     metadata: dict = field(default_factory=dict)
+    dist: DistEnv = field(default_factory=DistEnv)
 
     def __post_init__(self) -> None:
         cfg: TrainConfig = self.config.train
-        self.device = resolve_device(cfg.device)
+        self.device = resolve_device(cfg.device, self.dist.local_rank)
         self.precision = resolve_precision(cfg.precision, self.device)
         self.autocast = autocast_for(self.precision, self.device)
         self.model.to(self.device)
+        if cfg.channels_last and self.device.type == "cuda" and not self.model.backbone.is_vit:
+            self.model.to(memory_format=torch.channels_last)
         self.algorithm.to(self.device)
+        self.algorithm.dist = self.dist
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:
             raise ConfigError("nothing to train: the model has no trainable parameters")
@@ -173,16 +206,23 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
         self.step = 0
         self.seconds = 0.0
-        workers = self.config.data.num_workers
-        seed = self.config.seed
+        self.last_metrics: dict | None = None
+        self.net = self.model
+        if self.dist.enabled:  # the standard engine; unused = heads an algorithm leaves alone
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids,
+                                                           find_unused_parameters=True)
+        self.forward = torch.compile(self.net) if cfg.compile else self.net
+        workers, seed = self.config.data.num_workers, self.config.seed
         self.labeled_loader = make_loader(self.data.labeled, cfg.batch_size, cfg.steps_per_epoch,
-                                          seed, workers, self.device)
+                                          seed, workers, self.device, self.dist)
         self.unlabeled_loader = None
         if self.algorithm.uses_unlabeled:
             self.unlabeled_loader = make_loader(
                 self.data.unlabeled, cfg.batch_size * self.config.algorithm.uratio,
-                cfg.steps_per_epoch, seed + 1, workers, self.device)
-        self.test_loader = DataLoader(self.data.test, batch_size=cfg.eval_batch_size,
+                cfg.steps_per_epoch, seed + 1, workers, self.device, self.dist)
+        shard = list(range(self.dist.rank, len(self.data.test), self.dist.world_size))
+        self.test_loader = DataLoader(Subset(self.data.test, shard), batch_size=cfg.eval_batch_size,
                                       num_workers=workers, pin_memory=self.device.type == "cuda")
 
     def _schedule(self, cfg: TrainConfig):
@@ -222,9 +262,11 @@ class Trainer:
         random.setstate(state["rng"]["python"])
 
     def save(self) -> None:
-        save_adapter(self.output / "adapter.safetensors", self.model.trainable_state_dict(),
-                     self.metadata)
-        save_state(self.output / "state.pt", self.state_dict())
+        if self.dist.is_main:
+            save_adapter(self.output / "adapter.safetensors", self.model.trainable_state_dict(),
+                         self.metadata)
+            save_state(self.output / "state.pt", self.state_dict())
+        self.dist.barrier()
 
     # ------------------------------------------------------------------ loop
 
@@ -236,19 +278,25 @@ class Trainer:
             self.unlabeled_loader.sampler.set_epoch(epoch, start)
             unlabeled = iter(self.unlabeled_loader)
         for images, labels in labeled:
-            batch = Batch(images.to(self.device, non_blocking=True), labels.to(self.device))
+            batch = Batch(self._to_device(images), labels.to(self.device))
             if unlabeled is not None:
                 index, weak, *strong, truth = next(unlabeled)
                 batch.unlabeled_index = index.to(self.device)
-                batch.weak = weak.to(self.device, non_blocking=True)
-                batch.strong = [s.to(self.device, non_blocking=True) for s in strong]
+                batch.weak = self._to_device(weak)
+                batch.strong = [self._to_device(s) for s in strong]
                 batch.unlabeled_labels = truth.to(self.device)
             yield batch
+
+    def _to_device(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.to(self.device, non_blocking=True)
+        if self.config.train.channels_last and images.dim() == 4 and self.device.type == "cuda":
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images
 
     def train_step(self, batch: Batch) -> dict[str, float]:
         self.model.train()
         with self.autocast():
-            result = self.algorithm.step(self.model, batch)
+            result = self.algorithm.step(self.forward, batch)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(result.loss).backward()
         self.scaler.step(self.optimizer)
@@ -257,57 +305,74 @@ class Trainer:
 
     def evaluate(self) -> dict:
         logits, labels = predict_logits(self.model, self.test_loader, self.device, self.autocast)
+        logits = self.dist.gather_uneven(logits.to(self.device)).cpu()
+        labels = self.dist.gather_uneven(labels.to(self.device)).cpu()
         return classification_metrics(logits, labels)
 
     def fit(self) -> dict:
         cfg = self.config.train
         eval_every = cfg.eval_every or cfg.steps_per_epoch
-        metrics_file = (self.output / "metrics.jsonl").open("a")
-        for callback in self.callbacks:
+        main = self.dist.is_main
+        metrics_file = (self.output / "metrics.jsonl").open("a") if main else None
+        callbacks = list(self.callbacks) if main else []
+        for callback in callbacks:
             callback.on_train_start(cfg.steps, self.step)
         try:
-            while self.step < cfg.steps:
-                epoch, start = divmod(self.step, cfg.steps_per_epoch)
-                if start == 0:
-                    self.algorithm.on_epoch_start(epoch)
-                began = time.time()
-                for batch in self._batches(epoch, start):
-                    logs = self.train_step(batch)
-                    self.step += 1
-                    logs["lr"] = self.optimizer.param_groups[0]["lr"]
-                    for callback in self.callbacks:
-                        callback.on_step(self.step, logs)
-                    if self.step % cfg.log_every == 0:
-                        self._write(metrics_file, {"kind": "train", "step": self.step,
-                                                   "epoch": epoch, **logs})
-                    end_of_epoch = self.step % cfg.steps_per_epoch == 0
-                    if self.step % eval_every == 0 or self.step == cfg.steps or end_of_epoch:
-                        self.seconds += time.time() - began
-                        began = time.time()
-                        if self.step % eval_every == 0 or self.step == cfg.steps:
-                            self._eval_and_log(metrics_file, epoch)
-                        if end_of_epoch:
-                            self.scheduler.step()
-                        self.save()
-                    if self.step >= cfg.steps or end_of_epoch:
-                        break
+            with stop_signals() as received:
+                self._loop(cfg, eval_every, metrics_file, callbacks, received)
         finally:
-            metrics_file.close()
+            if metrics_file is not None:
+                metrics_file.close()
         final = self._final()
-        for callback in self.callbacks:
+        for callback in callbacks:
             callback.on_train_end(final)
         return final
 
-    def _eval_and_log(self, metrics_file, epoch: int) -> None:
+    def _loop(self, cfg: TrainConfig, eval_every: int, metrics_file, callbacks, received) -> None:
+        while self.step < cfg.steps:
+            epoch, start = divmod(self.step, cfg.steps_per_epoch)
+            if start == 0:
+                self.algorithm.on_epoch_start(epoch)
+            began = time.time()
+            for batch in self._batches(epoch, start):
+                logs = self.train_step(batch)
+                self.step += 1
+                logs["lr"] = self.optimizer.param_groups[0]["lr"]
+                for callback in callbacks:
+                    callback.on_step(self.step, logs)
+                if metrics_file is not None and self.step % cfg.log_every == 0:
+                    self._write(metrics_file, {"kind": "train", "step": self.step,
+                                               "epoch": epoch, **logs})
+                end_of_epoch = self.step % cfg.steps_per_epoch == 0
+                evaluate = self.step % eval_every == 0 or self.step == cfg.steps
+                checkpoint = (end_of_epoch or evaluate or bool(received) or
+                              (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0))
+                if checkpoint:
+                    self.seconds += time.time() - began
+                    if evaluate:
+                        self._eval_and_log(metrics_file, callbacks, epoch)
+                    if end_of_epoch:
+                        self.scheduler.step()
+                    self.save()
+                    began = time.time()
+                if received:
+                    raise TrainingInterrupted(
+                        f"stopped by signal {received[0]} at step {self.step}; checkpoint saved. "
+                        f"Continue with: finessl train --resume {self.output}")
+                if self.step >= cfg.steps or end_of_epoch:
+                    break
+
+    def _eval_and_log(self, metrics_file, callbacks, epoch: int) -> None:
         metrics = self.evaluate()
         self.last_metrics = metrics
-        self._write(metrics_file, {"kind": "eval", "step": self.step, "epoch": epoch,
-                                   **{k: v for k, v in metrics.items() if k != "per_class_acc"}})
-        for callback in self.callbacks:
+        if metrics_file is not None:
+            self._write(metrics_file, {"kind": "eval", "step": self.step, "epoch": epoch,
+                                       **{k: v for k, v in metrics.items() if k != "per_class_acc"}})
+        for callback in callbacks:
             callback.on_eval(self.step, metrics)
 
     def _final(self) -> dict:
-        metrics = getattr(self, "last_metrics", None) or self.evaluate()
+        metrics = self.last_metrics or self.evaluate()
         final = {
             "top1": metrics["top1"],
             "balanced_acc": metrics["balanced_acc"],
@@ -321,8 +386,10 @@ class Trainer:
             "algorithm": self.config.algorithm.name,
             "device": str(self.device),
             "precision": self.precision,
+            "world_size": self.dist.world_size,
         }
-        write_json(self.output / "final.json", final)
+        if self.dist.is_main:
+            write_json(self.output / "final.json", final)
         return final
 
     @staticmethod

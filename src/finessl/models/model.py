@@ -35,8 +35,16 @@ class FinesslModel(nn.Module):
     def features(self, images: torch.Tensor) -> torch.Tensor:
         return self.backbone(images)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(images))
+    def forward(self, images: torch.Tensor, aux: bool = False, aux_stop_gradient: bool = True):
+        """Main-head logits; with ``aux``, also the auxiliary head's (on stop-gradient features).
+
+        Algorithms call the heads through here, so that DDP sees every parameter in forward.
+        """
+        features = self.features(images)
+        logits = self.head(features)
+        if not aux:
+            return logits
+        return logits, self.aux_head(features.detach() if aux_stop_gradient else features)
 
     def train(self, mode: bool = True) -> FinesslModel:
         super().train(mode)

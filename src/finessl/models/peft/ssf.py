@@ -42,21 +42,21 @@ class ViTSSF(PerBlock):
     def __init__(self, config: ModelConfig, backbone: Backbone) -> None:
         super().__init__(backbone, config, lambda: BlockScaleShift(backbone.width))
 
-    def _apply(self, point: str, index: int, x: torch.Tensor) -> torch.Tensor:
+    def _scale_shift(self, point: str, index: int, x: torch.Tensor) -> torch.Tensor:
         module = self.module_for(index)
         return x if module is None else getattr(module, point)(x)
 
     def qkv(self, index, qkv, h):
-        return self._apply("qkv", index, qkv)
+        return self._scale_shift("qkv", index, qkv)
 
     def attn_out(self, index, out, h):
-        return self._apply("attn_out", index, out)
+        return self._scale_shift("attn_out", index, out)
 
     def mlp_in(self, index, h, x):
-        return self._apply("mlp_in", index, h)
+        return self._scale_shift("mlp_in", index, h)
 
     def mlp_out(self, index, out, h):
-        return self._apply("mlp_out", index, out)
+        return self._scale_shift("mlp_out", index, out)
 
 
 class CNNSSF(Peft):
