@@ -153,3 +153,9 @@ def test_smoke_runs_with_every_algorithm(extra, tmp_path):
     assert result.returncode == 0, result.stderr
     final = json.loads((tmp_path / "r" / "final.json").read_text())
     assert final["algorithm"] == extra[1] and final["steps"] == 2
+
+
+def test_bench_command():
+    result = finessl("bench", "--preset", "smoke", "--steps", "2", "--warmup", "1")
+    assert result.returncode == 0, result.stderr
+    assert "s/step" in result.stdout and "images/s" in result.stdout and "peak RSS" in result.stdout

@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 
 _API = {
     "train": "finessl.run",
-    "load": "finessl.run",
+    "load": "finessl.inference",
     "evaluate": "finessl.run",
     "Config": "finessl.config",
     "load_preset": "finessl.config",

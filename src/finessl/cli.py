@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -119,23 +120,87 @@ def cmd_eval(args, overrides) -> int:
     return 0
 
 
+def _predictor(args):
+    from finessl.errors import FinesslError
+    from finessl.inference import load, pretrained_predictor
+
+    if bool(args.run) == bool(getattr(args, "backbone", None)):
+        raise FinesslError("give either --run DIR (a trained run) or --backbone NAME "
+                           "(its own ImageNet classifier)")
+    if args.run:
+        return load(args.run, device=args.device)
+    return pretrained_predictor(args.backbone, args.pretrained, device=args.device)
+
+
+def _report_failures(report) -> None:
+    if report.failed:
+        print(f"{len(report.failed)} file(s) could not be read and were skipped:", file=sys.stderr)
+        for path, reason in report.failed:
+            print(f"  {path}: {reason}", file=sys.stderr)
+
+
+def _open_out(path: str | None):
+    return open(path, "w", newline="") if path else contextlib.nullcontext(sys.stdout)
+
+
 def cmd_predict(args, overrides) -> int:
     import csv
 
-    from finessl.run import collect_images, load
+    from finessl.inference import collect_images
 
-    run = load(args.run, device=args.device)
-    rows = run.predict(collect_images(args.paths), batch_size=args.batch_size, top_k=args.top_k)
-    handle = open(args.out, "w", newline="") if args.out else sys.stdout
-    try:
+    predictor = _predictor(args)
+    report = predictor.predict(collect_images(args.paths), batch_size=args.batch_size,
+                               top_k=args.top_k, workers=args.workers)
+    with _open_out(args.out) as handle:
+        writer = csv.writer(handle)
+        extra = [c for k in range(2, args.top_k + 1) for c in (f"label_{k}", f"confidence_{k}")]
+        writer.writerow(["path", "label", "confidence", *extra])
+        for p in report.predictions:
+            rest = [v for label, prob in p.top[1:] for v in (label, f"{prob:.6f}")]
+            writer.writerow([p.path, p.label, f"{p.confidence:.6f}", *rest])
+    if args.out:
+        print(f"{len(report.predictions)} predictions written to {args.out}")
+    _report_failures(report)
+    return 0
+
+
+def cmd_label(args, overrides) -> int:
+    import csv
+    from collections import Counter
+
+    from finessl.inference import auto_label, collect_images
+
+    args.backbone = None
+    predictor = _predictor(args)
+    report = predictor.predict(collect_images(args.paths), batch_size=args.batch_size,
+                               workers=args.workers)
+    kept = auto_label(report, args.threshold, args.max_per_class)
+    with _open_out(args.out) as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "label", "confidence"])
-        for row in rows:
-            writer.writerow([row["path"], row["label"], f"{row['confidence']:.6f}"])
-    finally:
-        if args.out:
-            handle.close()
-            print(f"{len(rows)} predictions written to {args.out}")
+        for p in kept:
+            writer.writerow([p.path, p.label, f"{p.confidence:.6f}"])
+    counts = Counter(p.label for p in kept)
+    print(f"labeled {len(kept)} of {len(report.predictions)} readable images "
+          f"(threshold {args.threshold}); per class: {dict(sorted(counts.items()))}"
+          + (f"; written to {args.out}" if args.out else ""), file=sys.stderr)
+    _report_failures(report)
+    return 0
+
+
+def cmd_report(args, overrides) -> int:
+    from finessl.eval.report import write_report
+
+    page = write_report(args.run)
+    print(f"report written to {page}")
+    return 0
+
+
+def cmd_export(args, overrides) -> int:
+    from finessl.inference import export, load
+
+    path = export(load(args.run, device="cpu"), args.out, args.format)
+    print(f"exported {args.format} model to {path}")
     return 0
 
 
@@ -150,6 +215,19 @@ def cmd_zeroshot(args, overrides) -> int:
         from finessl.engine.checkpoint import write_json
 
         write_json(Path(args.out), metrics)
+    return 0
+
+
+def cmd_bench(args, overrides) -> int:
+    from finessl.engine.bench import bench
+
+    args.resume = None
+    result = bench(_resolve_config(args, overrides), steps=args.steps, warmup=args.warmup)
+    memory = "CUDA max allocated" if result["device"].startswith("cuda") else "peak RSS"
+    print(f"{result['device']} {result['precision']}: {result['seconds_per_step']:.3f} s/step, "
+          f"{result['images_per_second']:.1f} images/s ({result['images_per_step']} images/step), "
+          f"{memory} {result['peak_memory_mib']:.0f} MiB, "
+          f"{result['trainable_params']:,} trainable parameters")
     return 0
 
 
@@ -193,13 +271,41 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=cmd_eval)
 
     predict = sub.add_parser("predict", help="classify images with a trained run")
-    predict.add_argument("--run", required=True, help="run directory")
-    predict.add_argument("paths", nargs="+", help="images or folders of images")
+    predict.add_argument("--run", help="run directory")
+    predict.add_argument("--backbone", help="instead of a run: a backbone with its own ImageNet "
+                                            "classifier, e.g. efficientnet-lite0")
+    predict.add_argument("--pretrained", default="imagenet", help="with --backbone")
+    predict.add_argument("paths", nargs="+", help="images, folders of images or CSV lists")
     predict.add_argument("--out", help="CSV file to write (default: standard output)")
     predict.add_argument("--batch-size", type=int, default=64)
     predict.add_argument("--top-k", type=int, default=1)
+    predict.add_argument("--workers", type=int, default=0, help="image-loading processes")
     predict.add_argument("--device", default="auto")
     predict.set_defaults(func=cmd_predict)
+
+    label = sub.add_parser("label", help="auto-label an unlabeled pool into a CSV",
+                           description="Predicts every image and keeps those at or above "
+                                       "--threshold (at most --max-per-class per class, the "
+                                       "most confident first).")
+    label.add_argument("--run", required=True, help="run directory")
+    label.add_argument("paths", nargs="+", help="images, folders of images or CSV lists")
+    label.add_argument("--out", help="CSV file to write (default: standard output)")
+    label.add_argument("--threshold", type=float, default=0.9)
+    label.add_argument("--max-per-class", type=int)
+    label.add_argument("--batch-size", type=int, default=64)
+    label.add_argument("--workers", type=int, default=0)
+    label.add_argument("--device", default="auto")
+    label.set_defaults(func=cmd_label)
+
+    report = sub.add_parser("report", help="PNG plots and an HTML page for a run")
+    report.add_argument("--run", required=True)
+    report.set_defaults(func=cmd_report)
+
+    export = sub.add_parser("export", help="export a run as a standalone TorchScript/ONNX model")
+    export.add_argument("--run", required=True)
+    export.add_argument("--out", required=True)
+    export.add_argument("--format", choices=["torchscript", "onnx"], default="torchscript")
+    export.set_defaults(func=cmd_export)
 
     zero = sub.add_parser("zeroshot", help="CLIP zero-shot accuracy on a config's test set",
                           description="Evaluates the backbone's CLIP zero-shot classifier "
@@ -209,6 +315,15 @@ def build_parser() -> argparse.ArgumentParser:
     zero.add_argument("--out", help="write the metrics to this JSON file")
     zero.add_argument("--device", default="auto")
     zero.set_defaults(func=cmd_zeroshot)
+
+    bench = sub.add_parser("bench", help="time training steps of a configuration",
+                           description="Runs real training steps (data loading included) and "
+                                       "prints images/s, seconds per step and peak memory.")
+    bench.add_argument("--preset")
+    bench.add_argument("--config")
+    bench.add_argument("--steps", type=int, default=10)
+    bench.add_argument("--warmup", type=int, default=2)
+    bench.set_defaults(func=cmd_bench)
 
     presets = sub.add_parser("presets", help="list the built-in presets")
     presets.set_defaults(func=cmd_presets)
@@ -228,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     from finessl.errors import FinesslError
 
     try:
-        if rest and args.command not in ("train", "demo", "zeroshot"):
+        if rest and args.command not in ("train", "demo", "zeroshot", "bench"):
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         overrides = parse_overrides(rest) if rest else {}
         return args.func(args, overrides)

@@ -2,25 +2,22 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from finessl import __version__
 from finessl.algorithms import algorithm_class, build_algorithm
 from finessl.config import Config, load_config, load_preset
-from finessl.data.augment import build_transforms
-from finessl.data.datasets import SourceData, list_images, load_image
+from finessl.data.datasets import SourceData
 from finessl.data.ssl_data import SSLData, build_ssl_data
-from finessl.engine.checkpoint import load_adapter, load_state, write_json
+from finessl.engine.checkpoint import load_state, write_json
 from finessl.engine.distributed import init_distributed
 from finessl.engine.trainer import (
     Callback,
@@ -145,82 +142,10 @@ def run_metadata(config: Config, model: FinesslModel, data: SSLData, user_backbo
     }
 
 
-# --------------------------------------------------------------------------- using a run
-
-
-@dataclass
-class LoadedRun:
-    """A trained model with what it needs to read new images."""
-
-    config: Config
-    model: FinesslModel
-    classes: list[str]
-    metadata: dict
-    device: torch.device
-
-    @property
-    def transform(self):
-        meta = self.metadata
-        return build_transforms(meta["image_size"], meta["mean"], meta["std"]).test
-
-    @torch.no_grad()
-    def predict(self, images: Sequence[str | Path], batch_size: int = 64, top_k: int = 1):
-        """Returns one dict per image: path, label, confidence and the top-k classes."""
-        dataset = _ImageFiles(list(images), self.transform)
-        loader = DataLoader(dataset, batch_size=batch_size, num_workers=0)
-        rows = []
-        self.model.eval()
-        for tensors, paths in loader:
-            probs = self.model(tensors.to(self.device)).float().softmax(-1).cpu()
-            values, indices = probs.topk(min(top_k, probs.shape[1]), dim=-1)
-            for path, vals, idxs in zip(paths, values.tolist(), indices.tolist()):
-                rows.append({
-                    "path": path, "label": self.classes[idxs[0]], "confidence": vals[0],
-                    "top": [(self.classes[i], v) for i, v in zip(idxs, vals)],
-                })
-        return rows
-
-
-class _ImageFiles(Dataset):
-    def __init__(self, paths: list[str | Path], transform) -> None:
-        self.paths, self.transform = [str(p) for p in paths], transform
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int):
-        return self.transform(load_image(self.paths[index])), self.paths[index]
-
-
-def load(run_dir: str | Path, device: str = "auto", backbone: nn.Module | None = None) -> LoadedRun:
-    """Rebuilds a trained model from a run directory (base model + adapter weights)."""
-    run_dir = Path(run_dir)
-    adapter = run_dir / "adapter.safetensors"
-    if not adapter.is_file():
-        raise FinesslError(f"{run_dir} is not a finished run: {adapter.name} is missing")
-    config = load_config(run_dir / "config.yaml")
-    state, meta = load_adapter(adapter)
-    if meta.get("user_backbone") and backbone is None:
-        raise FinesslError("this run used a user-supplied backbone; pass it to load(backbone=...)")
-    if backbone is None:
-        backbone = build_backbone(config.model)
-    elif not isinstance(backbone, Backbone):
-        backbone = ModuleBackbone(backbone, meta["num_features"], meta["image_size"],
-                                  meta["mean"], meta["std"])
-    # The heads come from the adapter file, so there is no need to embed class names again.
-    model_config = dataclasses.replace(config.model, head_init="random")
-    model = build_model(model_config, len(meta["classes"]), backbone=backbone)
-    missing = set(model.trainable_state_dict()) - set(state)
-    if missing:
-        raise FinesslError(f"{adapter} does not match its config: missing {sorted(missing)[:3]}")
-    model.load_state_dict(state, strict=False)
-    target = resolve_device(device)
-    model.to(target).eval()
-    return LoadedRun(config, model, list(meta["classes"]), meta, target)
-
-
 def evaluate(run_dir: str | Path, device: str = "auto") -> dict:
     """Re-evaluates a run on its test set; writes ``eval.json`` next to it."""
+    from finessl.inference import load
+
     run = load(run_dir, device)
     cfg = run.config
     data = build_ssl_data(cfg.data, run.metadata["image_size"], run.metadata["mean"],
@@ -232,22 +157,6 @@ def evaluate(run_dir: str | Path, device: str = "auto") -> dict:
     metrics = classification_metrics(logits, labels)
     write_json(Path(run_dir) / "eval.json", metrics)
     return metrics
-
-
-def collect_images(paths: Sequence[str | Path]) -> list[Path]:
-    """Files as given, folders expanded to the images inside; missing paths are errors."""
-    found: list[Path] = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            found += list_images(path)
-        elif path.is_file():
-            found.append(path)
-        else:
-            raise FinesslError(f"{str(path)!r} does not exist")
-    if not found:
-        raise FinesslError("no images found in the given paths")
-    return found
 
 
 @torch.no_grad()

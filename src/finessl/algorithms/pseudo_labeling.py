@@ -60,6 +60,10 @@ class PseudoLabeling(Algorithm):
             raise ConfigError("algorithm.weighting 'aux' needs the auxiliary head (algorithm.dls true)")
         if self.bms:
             self.pace = ClassPace(num_unlabeled, num_classes)
+        # Pseudo-label diagnostics since the last report (not checkpointed).
+        for name in ("diag_selected", "diag_correct", "diag_known"):
+            self.register_buffer(name, torch.zeros(num_classes), persistent=False)
+        self.register_buffer("diag_sums", torch.zeros(3), persistent=False)  # conf, aux conf, n
 
     # ------------------------------------------------------------------ hooks
 
@@ -92,6 +96,38 @@ class PseudoLabeling(Algorithm):
             return self.config.margin_alpha * (1 - beta) / (1 + beta)
         return balanced_margins(beta, self.config.margin_alpha)
 
+    # ------------------------------------------------------------------ diagnostics
+
+    def _record(self, pseudo: torch.Tensor, selected: torch.Tensor, truth: torch.Tensor | None):
+        C = self.num_classes
+        self.diag_selected += torch.bincount(pseudo[selected], minlength=C).float()
+        if truth is not None:
+            known = selected & (truth >= 0)
+            self.diag_known += torch.bincount(pseudo[known], minlength=C).float()
+            self.diag_correct += torch.bincount(pseudo[known & (pseudo == truth)], minlength=C).float()
+
+    def diagnostics(self) -> dict:
+        """Pseudo-label statistics since the last call (then reset): per-class counts of
+        selected pseudo-labels, their accuracy where the truth is known, the current
+        per-class margins, mean main and auxiliary confidence."""
+        conf, aux, n = self.diag_sums.tolist()
+        known = self.diag_known
+        accuracy = torch.where(known > 0, 100.0 * self.diag_correct / known.clamp(min=1),
+                               torch.full_like(known, float("nan")))
+        report = {
+            "pl_counts": [int(v) for v in self.diag_selected.tolist()],
+            "pl_class_acc": [None if v != v else round(v, 2) for v in accuracy.tolist()],
+            "pl_acc": (100.0 * self.diag_correct.sum() / known.sum()).item() if known.sum() > 0
+            else None,
+            "mean_conf": conf / n if n else None,
+            "mean_aux_conf": aux / n if n and self.dls else None,
+        }
+        if self.bms:
+            report["margins"] = [round(v, 4) for v in self.margins().tolist()]
+        for buffer in (self.diag_selected, self.diag_correct, self.diag_known, self.diag_sums):
+            buffer.zero_()
+        return report
+
     # ------------------------------------------------------------------ the step
 
     def step(self, model: nn.Module, batch: Batch) -> StepResult:
@@ -111,6 +147,8 @@ class PseudoLabeling(Algorithm):
             weight, selected = self.mask(probs, Batch(batch.images, batch.labels, index))
             if self.bms:
                 self.pace.update(index, probs.argmax(dim=-1), selected)
+            truth = None if batch.unlabeled_labels is None else dist.gather(batch.unlabeled_labels)
+            self._record(probs.argmax(dim=-1), selected, truth)
             probs, weight, selected = (dist.local_slice(t) for t in (probs, weight, selected))
             confidence, pseudo = probs.max(dim=-1)
 
@@ -126,6 +164,9 @@ class PseudoLabeling(Algorithm):
             terms["loss_u_aux"] = masked_mean(soft_cross_entropy(strong_aux, soft.repeat(views, 1)),
                                               selected.repeat(views))
             logs["aux_conf"] = aux_confidence.mean().item()
+        self.diag_sums += torch.stack([confidence.sum(), aux_confidence.sum() if self.dls else
+                                       torch.zeros((), device=confidence.device),
+                                       torch.tensor(float(confidence.numel()), device=confidence.device)])
         if self.weighting == "aux":
             weight = aux_confidence * (aux_confidence >= cfg.aux_min_confidence).float()
         elif self.weighting == "main":

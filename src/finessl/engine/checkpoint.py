@@ -58,3 +58,13 @@ def save_state(path: Path, state: dict[str, Any]) -> None:
 
 def load_state(path: Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def save_predictions(path: Path, logits: torch.Tensor, labels: torch.Tensor) -> None:
+    tensors = {"logits": logits.float().contiguous(), "labels": labels.long().contiguous()}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
+
+
+def load_predictions(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    tensors = load_file(str(path))
+    return tensors["logits"], tensors["labels"]

@@ -6,6 +6,7 @@ Run directory (written by the main process only):
   tensorboard/         the same scalars as TensorBoard event files (if tensorboard is installed)
   adapter.safetensors  trainable weights only, with metadata naming the backbone
   state.pt             optimizer / schedule / algorithm state / RNG to resume from
+  test_predictions.safetensors  test-set logits and labels of the latest evaluation
   final.json           final metrics, steps, seconds, trainable parameters
 """
 
@@ -30,7 +31,7 @@ from torch.utils.data import DataLoader, Subset
 from finessl.algorithms import Algorithm, Batch
 from finessl.config import Config, TrainConfig
 from finessl.data.ssl_data import SSLData
-from finessl.engine.checkpoint import save_adapter, save_state, write_json
+from finessl.engine.checkpoint import save_adapter, save_predictions, save_state, write_json
 from finessl.engine.distributed import DistEnv
 from finessl.engine.sampling import EpochSampler, SeededItems
 from finessl.errors import ConfigError, FinesslError
@@ -307,6 +308,8 @@ class Trainer:
         logits, labels = predict_logits(self.model, self.test_loader, self.device, self.autocast)
         logits = self.dist.gather_uneven(logits.to(self.device)).cpu()
         labels = self.dist.gather_uneven(labels.to(self.device)).cpu()
+        if self.dist.is_main:  # the latest test predictions, for reports
+            save_predictions(self.output / "test_predictions.safetensors", logits, labels)
         return classification_metrics(logits, labels)
 
     def fit(self) -> dict:
@@ -365,9 +368,14 @@ class Trainer:
     def _eval_and_log(self, metrics_file, callbacks, epoch: int) -> None:
         metrics = self.evaluate()
         self.last_metrics = metrics
+        diagnostics = self.algorithm.diagnostics() if hasattr(self.algorithm, "diagnostics") else None
         if metrics_file is not None:
             self._write(metrics_file, {"kind": "eval", "step": self.step, "epoch": epoch,
-                                       **{k: v for k, v in metrics.items() if k != "per_class_acc"}})
+                                       **{k: v for k, v in metrics.items() if k != "per_class_acc"},
+                                       "per_class_acc": metrics["per_class_acc"]})
+            if diagnostics is not None:
+                self._write(metrics_file, {"kind": "pseudo_labels", "step": self.step,
+                                           "epoch": epoch, **diagnostics})
         for callback in callbacks:
             callback.on_eval(self.step, metrics)
 

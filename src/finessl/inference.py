@@ -1,0 +1,216 @@
+"""Using a trained model: load a run, predict, auto-label an unlabeled pool, export.
+
+A run directory is the base model's id (in ``config.yaml``) plus ``adapter.safetensors``;
+``load`` rebuilds the base model and puts the trained weights on top. Unreadable images
+are reported and counted, never fatal; a path that does not exist is an error.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from finessl.config import Config, ModelConfig, load_config
+from finessl.data.augment import build_transforms
+from finessl.data.datasets import list_images, load_image
+from finessl.engine.checkpoint import load_adapter
+from finessl.engine.trainer import resolve_device
+from finessl.errors import DataError, FinesslError
+from finessl.models import build_backbone, build_model
+from finessl.models.backbone_base import Backbone, ModuleBackbone
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prediction:
+    path: str
+    label: str
+    confidence: float
+    top: list[tuple[str, float]]
+
+
+@dataclass
+class PredictionReport:
+    predictions: list[Prediction] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+
+class _ImageFiles(Dataset):
+    """Images for inference; an unreadable file yields a placeholder and its error."""
+
+    def __init__(self, paths: Sequence[str | Path], transform, image_size: int) -> None:
+        self.paths, self.transform, self.image_size = [str(p) for p in paths], transform, image_size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        try:
+            return self.transform(load_image(self.paths[index])), self.paths[index], ""
+        except DataError as error:
+            return torch.zeros(3, self.image_size, self.image_size), self.paths[index], str(error)
+
+
+@dataclass
+class Predictor:
+    """A classifier with what it needs to read new images."""
+
+    model: nn.Module  # images -> logits
+    classes: list[str]
+    image_size: int
+    mean: Sequence[float]
+    std: Sequence[float]
+    device: torch.device
+    config: Config | None = None
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def transform(self):
+        return build_transforms(self.image_size, self.mean, self.std).test
+
+    @torch.no_grad()
+    def predict(self, images: Sequence[str | Path], batch_size: int = 64, top_k: int = 1,
+                workers: int = 0) -> PredictionReport:
+        """Class, confidence and top-k classes per image; unreadable images go to ``failed``."""
+        loader = DataLoader(_ImageFiles(images, self.transform, self.image_size),
+                            batch_size=batch_size, num_workers=workers)
+        report = PredictionReport()
+        self.model.eval()
+        for tensors, paths, errors in loader:
+            ok = [i for i, e in enumerate(errors) if not e]
+            report.failed += [(p, e) for p, e in zip(paths, errors) if e]
+            if not ok:
+                continue
+            probs = self.model(tensors[ok].to(self.device)).float().softmax(-1).cpu()
+            values, indices = probs.topk(min(top_k, probs.shape[1]), dim=-1)
+            for i, vals, idxs in zip(ok, values.tolist(), indices.tolist()):
+                report.predictions.append(Prediction(
+                    paths[i], self.classes[idxs[0]], vals[0],
+                    [(self.classes[k], v) for k, v in zip(idxs, vals)]))
+        for path, reason in report.failed:
+            log.warning("skipped %s: %s", path, reason)
+        return report
+
+
+def load(run_dir: str | Path, device: str = "auto", backbone: nn.Module | None = None) -> Predictor:
+    """Rebuilds a trained model from a run directory (base model + adapter weights)."""
+    run_dir = Path(run_dir)
+    adapter = run_dir / "adapter.safetensors"
+    if not adapter.is_file():
+        raise FinesslError(f"{run_dir} is not a finished run: {adapter.name} is missing")
+    config = load_config(run_dir / "config.yaml")
+    state, meta = load_adapter(adapter)
+    if meta.get("user_backbone") and backbone is None:
+        raise FinesslError("this run used a user-supplied backbone; pass it to load(backbone=...)")
+    if backbone is None:
+        backbone = build_backbone(config.model)
+    elif not isinstance(backbone, Backbone):
+        backbone = ModuleBackbone(backbone, meta["num_features"], meta["image_size"],
+                                  meta["mean"], meta["std"])
+    # The heads come from the adapter file, so there is no need to embed class names again.
+    model_config = dataclasses.replace(config.model, head_init="random")
+    model = build_model(model_config, len(meta["classes"]), backbone=backbone)
+    missing = set(model.trainable_state_dict()) - set(state)
+    if missing:
+        raise FinesslError(f"{adapter} does not match its config: missing {sorted(missing)[:3]}")
+    model.load_state_dict(state, strict=False)
+    target = resolve_device(device)
+    model.to(target).eval()
+    return Predictor(model, list(meta["classes"]), meta["image_size"], meta["mean"], meta["std"],
+                     target, config, meta)
+
+
+class _PretrainedHead(nn.Module):
+    def __init__(self, backbone: Backbone) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone.pretrained_logits(images)
+
+
+def pretrained_predictor(backbone: str, pretrained: str = "imagenet", device: str = "auto") -> Predictor:
+    """A backbone's own ImageNet-1k classifier (timm CNNs such as EfficientNet-Lite0)."""
+    from timm.data import ImageNetInfo
+
+    model = build_backbone(ModelConfig(backbone=backbone, pretrained=pretrained, peft="linear"))
+    if not hasattr(model, "pretrained_logits") or model.model.num_classes != 1000:
+        raise FinesslError(f"backbone {backbone!r} has no ImageNet-1k classifier to predict with")
+    info = ImageNetInfo()
+    classes = [info.index_to_description(i) for i in range(1000)]
+    target = resolve_device(device)
+    head = _PretrainedHead(model).to(target).eval()
+    return Predictor(head, classes, model.image_size, model.mean, model.std, target)
+
+
+def collect_images(paths: Sequence[str | Path]) -> list[Path]:
+    """Files as given, folders expanded to the images inside, ``.csv`` files read as lists
+    (first column, relative to the CSV). A path that does not exist is an error."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found += list_images(path)
+        elif path.is_file() and path.suffix.lower() == ".csv":
+            with path.open(newline="") as handle:
+                for row in csv.reader(handle):
+                    if row and row[0].strip() and row[0].strip().lower() not in ("path", "image"):
+                        item = Path(row[0].strip())
+                        found.append(item if item.is_absolute() else path.parent / item)
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise FinesslError(f"{str(path)!r} does not exist")
+    if not found:
+        raise FinesslError("no images found in the given paths")
+    return found
+
+
+def auto_label(report: PredictionReport, threshold: float = 0.0,
+               max_per_class: int | None = None) -> list[Prediction]:
+    """Keeps predictions at or above ``threshold``; at most ``max_per_class`` per class,
+    the most confident first."""
+    kept, per_class = [], Counter()
+    for prediction in sorted(report.predictions, key=lambda p: -p.confidence):
+        if prediction.confidence < threshold:
+            break
+        if max_per_class is not None and per_class[prediction.label] >= max_per_class:
+            continue
+        per_class[prediction.label] += 1
+        kept.append(prediction)
+    return sorted(kept, key=lambda p: p.path)
+
+
+def export(predictor: Predictor, out: str | Path, fmt: str = "torchscript") -> Path:
+    """A standalone model (no finessl needed): TorchScript, or ONNX when ``onnx`` is installed.
+
+    Input: a float batch ``[N, 3, S, S]`` normalised with the run's mean/std; output: logits.
+    """
+    out = Path(out)
+    model = predictor.model.cpu().eval()
+    example = torch.zeros(1, 3, predictor.image_size, predictor.image_size)
+    if fmt == "torchscript":
+        with torch.no_grad():
+            traced = torch.jit.trace(model, example, check_trace=False)
+        traced.save(str(out))
+    elif fmt == "onnx":
+        try:
+            import onnx  # noqa: F401
+        except ImportError as error:
+            raise FinesslError("ONNX export needs the 'onnx' package: pip install onnx") from error
+        torch.onnx.export(model, (example,), str(out), input_names=["images"],
+                          output_names=["logits"], dynamic_axes={"images": {0: "batch"}})
+    else:
+        raise FinesslError(f"unknown export format {fmt!r}; choose torchscript or onnx")
+    predictor.model.to(predictor.device)
+    return out
