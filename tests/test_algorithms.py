@@ -231,3 +231,19 @@ def test_aux_weighting_needs_the_aux_head():
 
     with pytest.raises(ConfigError, match="auxiliary head"):
         algo("finessl", dls=False)
+
+
+def test_pseudo_label_diagnostics():
+    a = algo("finessl", num_classes=C, num_unlabeled=8, threshold=0.0)
+    model = tiny_model()
+    batch = tiny_batch(2)
+    with torch.no_grad():
+        pseudo = model(batch.weak).argmax(-1)
+    batch.unlabeled_labels = torch.tensor([pseudo[0].item(), (pseudo[1].item() + 1) % C, -1,
+                                           pseudo[3].item()])
+    a.step(model, batch)
+    report = a.diagnostics()
+    assert report["pl_counts"] == torch.bincount(pseudo, minlength=C).tolist()
+    assert report["pl_acc"] == pytest.approx(200 / 3)  # 2 of the 3 known are right
+    assert len(report["margins"]) == C and 0 < report["mean_aux_conf"] <= 1
+    assert a.diagnostics()["pl_counts"] == [0] * C  # reset after each report

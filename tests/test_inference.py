@@ -10,6 +10,7 @@ import torch
 
 import finessl
 from finessl.inference import Prediction, PredictionReport, auto_label, export, load
+
 from helpers import write_image
 
 

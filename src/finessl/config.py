@@ -74,6 +74,11 @@ class DataConfig:
     test_dir: str | None = None
     csv: str | None = None
     test_csv: str | None = None
+    # semi-aves: add the out-of-distribution unlabeled pool
+    out_of_distribution: bool = False
+    # imagenet: labeled subset as a per-class fraction, or a list of file names
+    label_fraction: float | None = None
+    subset_file: str | None = None
     # synthetic dataset
     num_classes: int = 10
     synthetic_size: int = 200
