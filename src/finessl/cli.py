@@ -109,6 +109,19 @@ def cmd_train(args, overrides) -> int:
     return 0
 
 
+def cmd_distill(args, overrides) -> int:
+    from finessl.config import load_config, load_preset
+    from finessl.run import distill
+
+    config = load_preset(args.preset) if args.preset else load_config(args.config) if args.config \
+        else None
+    final = distill(args.teacher, args.output, config=config, overrides=overrides,
+                    callbacks=[_progress(50)])
+    if os.environ.get("RANK", "0") == "0":
+        print(f"{args.output}: {_summary(final)}")
+    return 0
+
+
 def cmd_eval(args, overrides) -> int:
     from finessl.run import evaluate
 
@@ -265,6 +278,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="DIR", help="continue the run in DIR")
     train.set_defaults(func=cmd_train)
 
+    distill = sub.add_parser("distill", help="SemiKD: distill a trained run into a smaller student",
+                             description="The student defaults to the paper's (ImageNet-21k "
+                                         "ViT-S/16 + VPT-deep) on the teacher's data; override "
+                                         "any key with --section.key VALUE. Resume with "
+                                         "'finessl train --resume DIR'.")
+    distill.add_argument("--teacher", required=True, help="run directory of the trained teacher")
+    distill.add_argument("--output", required=True)
+    distill.add_argument("--preset", help="student configuration instead of the teacher's")
+    distill.add_argument("--config")
+    distill.set_defaults(func=cmd_distill)
+
     evaluate = sub.add_parser("eval", help="re-evaluate a run on its test set")
     evaluate.add_argument("--run", required=True, help="run directory")
     evaluate.add_argument("--device", default="auto")
@@ -343,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     from finessl.errors import FinesslError
 
     try:
-        if rest and args.command not in ("train", "demo", "zeroshot", "bench"):
+        if rest and args.command not in ("train", "demo", "zeroshot", "bench", "distill"):
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         overrides = parse_overrides(rest) if rest else {}
         return args.func(args, overrides)

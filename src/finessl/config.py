@@ -121,6 +121,8 @@ class AlgorithmConfig:
     fairness_weight: float = 0.01  # FreeMatch lambda_f
     softmatch_sigmas: float = 2.0  # SoftMatch n_sigma
     debias_strength: float = 0.4  # DebiasPL tau
+    # SemiKD: the run directory of the (frozen) teacher
+    teacher: str | None = None
 
 
 @dataclass

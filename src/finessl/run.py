@@ -107,6 +107,8 @@ def train(
         backbone = _wrap_backbone(backbone, data.test[0][0])
     model = build_model(config.model, data.num_classes, backbone=backbone, classes=data.classes)
     algorithm = build_algorithm(config.algorithm, data.num_classes, len(data.unlabeled))
+    if config.algorithm.teacher:
+        algorithm.teacher = _load_teacher(config.algorithm.teacher, data.classes, backbone)
     if dist.is_main:
         (output / "config.yaml").write_text(config.to_yaml())
     metadata = run_metadata(config, model, data, user_backbone)
@@ -123,6 +125,42 @@ def train(
              len(data.unlabeled), len(data.test), data.num_classes,
              model.num_trainable_parameters())
     return trainer.fit()
+
+
+def _load_teacher(run_dir: str, classes: list[str], student: Backbone):
+    from finessl.algorithms.semikd import Teacher
+    from finessl.inference import load
+
+    teacher = load(run_dir, device="cpu")
+    if teacher.classes != list(classes):
+        raise ConfigError(f"the teacher in {run_dir} was trained on other classes than this data")
+    return Teacher(teacher.model, teacher.image_size, teacher.mean, teacher.std,
+                   student.mean, student.std)
+
+
+# The student of the paper's distillation: ImageNet-21k ViT-S/16 with VPT, SemiKD losses.
+DISTILL_DEFAULTS = {
+    "model.backbone": "timm:vit_small_patch16_224.augreg_in21k", "model.pretrained": "default",
+    "model.peft": "vpt-deep", "algorithm.name": "semikd", "algorithm.margin_alpha": "10",
+    "algorithm.uratio": "2", "algorithm.unlabeled_weight": "5", "algorithm.strong_views": "1",
+}
+
+
+def distill(teacher_dir: str | Path, output: str | Path, config: Config | None = None,
+            overrides: dict[str, str] | None = None, callbacks: Sequence[Callback] | None = None,
+            resume: bool = False) -> dict:
+    """SemiKD: trains a student run whose teacher is the trained run in ``teacher_dir``.
+
+    Without ``config`` the teacher's own configuration is the base, with the paper's
+    student (``DISTILL_DEFAULTS``); ``overrides`` apply last.
+    """
+    from finessl.config import apply_overrides
+
+    teacher_dir = Path(teacher_dir)
+    if config is None:
+        config = apply_overrides(load_config(teacher_dir / "config.yaml"), DISTILL_DEFAULTS)
+    config = apply_overrides(config, {**(overrides or {}), "algorithm.teacher": str(teacher_dir)})
+    return train(config, output, callbacks=callbacks, resume=resume)
 
 
 def run_metadata(config: Config, model: FinesslModel, data: SSLData, user_backbone: bool) -> dict:

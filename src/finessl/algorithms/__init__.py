@@ -5,6 +5,7 @@ from finessl.algorithms import (  # noqa: F401  (registration)
     fixmatch,
     flexmatch,
     freematch,
+    semikd,
     softmatch,
     supervised,
 )
