@@ -27,8 +27,11 @@ def smoke_run(tmp_path_factory):
 
 
 def test_train_writes_the_run_directory(smoke_run):
-    for name in ("config.yaml", "metrics.jsonl", "final.json", "adapter.safetensors", "state.pt"):
+    for name in ("config.yaml", "metrics.jsonl", "final.json", "adapter.safetensors", "state.pt",
+                 "test_predictions.safetensors"):
         assert (smoke_run / name).is_file(), name
+    events = list((smoke_run / "tensorboard").glob("events.out.tfevents*"))
+    assert events and events[0].stat().st_size > 100
     final = json.loads((smoke_run / "final.json").read_text())
     for key in ("top1", "balanced_acc", "ece", "steps", "seconds", "trainable_params"):
         assert key in final

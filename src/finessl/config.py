@@ -68,6 +68,8 @@ class DataConfig:
     max_test: int | None = None
     download: bool = True
     num_workers: int = 2
+    # Augment weak / strong views in batches on the training device (in-memory datasets).
+    gpu_augment: bool = False
     # folder / csv datasets
     labeled_dir: str | None = None
     unlabeled_dir: str | None = None

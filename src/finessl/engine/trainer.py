@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Subset
 
 from finessl.algorithms import Algorithm, Batch
 from finessl.config import Config, TrainConfig
+from finessl.data.gpu_augment import BatchAugment
 from finessl.data.ssl_data import SSLData
 from finessl.engine.checkpoint import save_adapter, save_predictions, save_state, write_json
 from finessl.engine.distributed import DistEnv
@@ -222,6 +223,12 @@ class Trainer:
             self.unlabeled_loader = make_loader(
                 self.data.unlabeled, cfg.batch_size * self.config.algorithm.uratio,
                 cfg.steps_per_epoch, seed + 1, workers, self.device, self.dist)
+        self.gpu_augment = None
+        if self.config.data.gpu_augment:
+            backbone = self.model.backbone
+            args = (backbone.image_size, backbone.mean, backbone.std)
+            self.gpu_augment = (BatchAugment(*args, strong=False), BatchAugment(*args, strong=True))
+            self.strong_views = type(self.algorithm).strong_views(self.config.algorithm)
         shard = list(range(self.dist.rank, len(self.data.test), self.dist.world_size))
         self.test_loader = DataLoader(Subset(self.data.test, shard), batch_size=cfg.eval_batch_size,
                                       num_workers=workers, pin_memory=self.device.type == "cuda")
@@ -278,15 +285,30 @@ class Trainer:
         if self.unlabeled_loader is not None:
             self.unlabeled_loader.sampler.set_epoch(epoch, start)
             unlabeled = iter(self.unlabeled_loader)
-        for images, labels in labeled:
-            batch = Batch(self._to_device(images), labels.to(self.device))
+        first = epoch * self.config.train.steps_per_epoch + start
+        for step, (images, labels) in enumerate(labeled, start=first):
+            augment = self._device_augment(step)
+            batch = Batch(augment(images, False), labels.to(self.device))
             if unlabeled is not None:
                 index, weak, *strong, truth = next(unlabeled)
                 batch.unlabeled_index = index.to(self.device)
-                batch.weak = self._to_device(weak)
-                batch.strong = [self._to_device(s) for s in strong]
+                batch.weak = augment(weak, False)
+                if self.gpu_augment is not None:
+                    strong = [weak] * self.strong_views
+                batch.strong = [augment(s, True) for s in strong]
                 batch.unlabeled_labels = truth.to(self.device)
             yield batch
+
+    def _device_augment(self, step: int):
+        """Moves a batch to the device, augmenting it there when data.gpu_augment is on."""
+        if self.gpu_augment is None:
+            return lambda images, strong: self._to_device(images)
+        generator = torch.Generator(self.device)
+        generator.manual_seed(int(np.random.SeedSequence(
+            [self.config.seed, self.dist.rank, step]).generate_state(1)[0]))
+        weak, strong_aug = self.gpu_augment
+        return lambda images, strong: self._to_device(
+            (strong_aug if strong else weak)(images.to(self.device, non_blocking=True), generator))
 
     def _to_device(self, images: torch.Tensor) -> torch.Tensor:
         images = images.to(self.device, non_blocking=True)
