@@ -261,6 +261,11 @@ def cmd_demo(args, overrides) -> int:
     return 0
 
 
+def _config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", help="a built-in preset (see 'finessl presets')")
+    parser.add_argument("--config", help="a YAML config file")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="finessl",
@@ -272,8 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a run",
                            description="Train from a preset or YAML config; override any key "
                                        "with --section.key VALUE (e.g. --train.steps 100).")
-    train.add_argument("--preset", help="a built-in preset (see 'finessl presets')")
-    train.add_argument("--config", help="a YAML config file")
+    _config_args(train)
     train.add_argument("--output", help="run directory to create")
     train.add_argument("--resume", metavar="DIR", help="continue the run in DIR")
     train.set_defaults(func=cmd_train)
@@ -334,8 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     zero = sub.add_parser("zeroshot", help="CLIP zero-shot accuracy on a config's test set",
                           description="Evaluates the backbone's CLIP zero-shot classifier "
                                       "(model.text_template) on the test set; accepts overrides.")
-    zero.add_argument("--preset")
-    zero.add_argument("--config")
+    _config_args(zero)
     zero.add_argument("--out", help="write the metrics to this JSON file")
     zero.add_argument("--device", default="auto")
     zero.set_defaults(func=cmd_zeroshot)
@@ -343,8 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="time training steps of a configuration",
                            description="Runs real training steps (data loading included) and "
                                        "prints images/s, seconds per step and peak memory.")
-    bench.add_argument("--preset")
-    bench.add_argument("--config")
+    _config_args(bench)
     bench.add_argument("--steps", type=int, default=10)
     bench.add_argument("--warmup", type=int, default=2)
     bench.set_defaults(func=cmd_bench)
@@ -380,6 +382,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("finessl: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if "torch.distributed" in sys.modules:  # leave torchrun's process group cleanly
+            from finessl.engine.distributed import shutdown_distributed
+
+            shutdown_distributed()
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ resolved form, so ``load_config(run_dir / "config.yaml")`` rebuilds the exact ru
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -271,6 +270,3 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     wanted = " or ".join(getattr(o, "__name__", str(o)) for o in options)
     raise ConfigError(f"config key {key!r} expects {wanted}, got {value!r}")
 
-
-def closest_preset(name: str) -> list[str]:
-    return difflib.get_close_matches(name, preset_names(), n=3)
