@@ -106,6 +106,11 @@ class PseudoLabeling(Algorithm):
             self.diag_known += torch.bincount(pseudo[known], minlength=C).float()
             self.diag_correct += torch.bincount(pseudo[known & (pseudo == truth)], minlength=C).float()
 
+    def _record_confidence(self, confidence: torch.Tensor, aux: torch.Tensor | None) -> None:
+        aux_sum = aux.sum().item() if aux is not None else 0.0
+        self.diag_sums += torch.tensor([confidence.sum().item(), aux_sum, confidence.numel()],
+                                       device=self.diag_sums.device)
+
     def diagnostics(self) -> dict:
         """Pseudo-label statistics since the last call (then reset): per-class counts of
         selected pseudo-labels, their accuracy where the truth is known, the current
@@ -157,6 +162,7 @@ class PseudoLabeling(Algorithm):
         views = strong.shape[0] // pseudo.shape[0]
         terms: dict[str, torch.Tensor] = {"loss_x": loss_x}
         logs: dict[str, float] = {}
+        aux_confidence = None
         if self.dls:
             aux_confidence = out.weak_aux.detach().softmax(dim=-1).max(dim=-1).values
             soft = smoothed_targets(pseudo, self.num_classes, cfg.smoothing)
@@ -164,9 +170,7 @@ class PseudoLabeling(Algorithm):
             terms["loss_u_aux"] = masked_mean(soft_cross_entropy(strong_aux, soft.repeat(views, 1)),
                                               selected.repeat(views))
             logs["aux_conf"] = aux_confidence.mean().item()
-        self.diag_sums += torch.stack([confidence.sum(), aux_confidence.sum() if self.dls else
-                                       torch.zeros((), device=confidence.device),
-                                       torch.tensor(float(confidence.numel()), device=confidence.device)])
+        self._record_confidence(confidence, aux_confidence)
         if self.weighting == "aux":
             weight = aux_confidence * (aux_confidence >= cfg.aux_min_confidence).float()
         elif self.weighting == "main":
