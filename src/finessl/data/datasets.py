@@ -1,0 +1,257 @@
+"""Dataset registry: each entry turns a ``DataConfig`` into images, labels and class names.
+
+A source is one training pool (labels known, or ``-1`` for unlabeled images) plus a
+test set. Splitting into labeled / unlabeled happens afterwards, the same way for all.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import logging
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from finessl.config import DataConfig
+from finessl.errors import DataError
+from finessl.registry import Registry
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+@dataclass
+class SourceData:
+    """Images before splitting. ``train[i] -> (PIL image, label)``; label -1 = unlabeled."""
+
+    classes: list[str]
+    train: Dataset
+    train_targets: np.ndarray
+    test: Dataset
+    # True when the source fixes which images are labeled (folder / csv): the labeled set
+    # is then all labeled images, unless labels_per_class asks for fewer.
+    labels_given: bool = False
+
+
+DATASETS: Registry[Callable[[DataConfig, int], SourceData]] = Registry("dataset")
+
+
+def load_source(config: DataConfig, seed: int) -> SourceData:
+    return DATASETS.get(config.name)(config, seed)
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Opens an image as RGB, with a clear error naming a missing or corrupt file."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except FileNotFoundError as error:
+        raise DataError(f"image {str(path)!r} does not exist") from error
+    except (UnidentifiedImageError, OSError) as error:
+        raise DataError(f"image {str(path)!r} is not a readable image ({error})") from error
+
+
+def list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+class FileImages(Dataset):
+    """Images on disk with known (or -1) labels."""
+
+    def __init__(self, paths: Sequence[Path | str], targets: Sequence[int]) -> None:
+        self.paths = [str(p) for p in paths]
+        self.targets = np.asarray(targets, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        return load_image(self.paths[index]), int(self.targets[index])
+
+
+def _require_dir(path: str | None, what: str) -> Path:
+    if not path:
+        raise DataError(f"set data.{what} to a folder of images")
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise DataError(f"data.{what} folder {str(folder)!r} does not exist")
+    return folder
+
+
+def _class_folders(root: Path, what: str, classes: list[str] | None = None):
+    """(paths, targets, classes) from ``root/<class>/*.png``; empty classes are errors."""
+    found = sorted(d.name for d in root.iterdir() if d.is_dir())
+    if not found:
+        raise DataError(f"{what} folder {str(root)!r} has no class sub-folders")
+    classes = classes or found
+    unknown = sorted(set(found) - set(classes))
+    if unknown:
+        raise DataError(f"{what} folder {str(root)!r} has classes not in training: {unknown}")
+    paths, targets = [], []
+    for k, name in enumerate(classes):
+        images = list_images(root / name) if (root / name).is_dir() else []
+        if not images and what == "labeled":
+            raise DataError(f"class folder {str(root / name)!r} has no images; add some or remove it")
+        paths += images
+        targets += [k] * len(images)
+    return paths, targets, classes
+
+
+# --------------------------------------------------------------------------- registry
+
+
+@DATASETS.register("folder")
+def folder_dataset(config: DataConfig, seed: int) -> SourceData:
+    """``labeled_dir/<class>/*``, ``unlabeled_dir/**`` (no labels), ``test_dir/<class>/*``.
+
+    Folder names default to ``root/labeled``, ``root/unlabeled`` and ``root/test``.
+    """
+    root = Path(config.root)
+    labeled_dir = _require_dir(config.labeled_dir or str(root / "labeled"), "labeled_dir")
+    paths, targets, classes = _class_folders(labeled_dir, "labeled")
+    unlabeled_paths: list[Path] = []
+    if config.unlabeled_dir or (root / "unlabeled").is_dir():
+        unlabeled_dir = _require_dir(config.unlabeled_dir or str(root / "unlabeled"), "unlabeled_dir")
+        unlabeled_paths = list_images(unlabeled_dir)
+    test_dir = _require_dir(config.test_dir or str(root / "test"), "test_dir")
+    test_paths, test_targets, _ = _class_folders(test_dir, "test", classes)
+    all_targets = targets + [-1] * len(unlabeled_paths)
+    return SourceData(
+        classes=classes,
+        train=FileImages(paths + unlabeled_paths, all_targets),
+        train_targets=np.asarray(all_targets),
+        test=FileImages(test_paths, test_targets),
+        labels_given=True,
+    )
+
+
+def _read_csv(path: Path, classes: list[str] | None = None):
+    """Rows ``path,label`` (header optional; empty label = unlabeled); paths relative to the file."""
+    if not path.is_file():
+        raise DataError(f"CSV list {str(path)!r} does not exist")
+    rows = []
+    with path.open(newline="") as handle:
+        for row in csv.reader(handle):
+            if not row or row[0].strip().lower() in ("path", "image", "file", "filename"):
+                continue
+            label = row[1].strip() if len(row) > 1 else ""
+            image = Path(row[0].strip())
+            rows.append((image if image.is_absolute() else path.parent / image, label))
+    if not rows:
+        raise DataError(f"CSV list {str(path)!r} has no rows")
+    names = classes or sorted({label for _, label in rows if label})
+    if not names:
+        raise DataError(f"CSV list {str(path)!r} has no labeled rows")
+    index = {name: k for k, name in enumerate(names)}
+    unknown = sorted({label for _, label in rows if label and label not in index})
+    if unknown:
+        raise DataError(f"CSV list {str(path)!r} has labels not in training: {unknown}")
+    targets = [index[label] if label else -1 for _, label in rows]
+    return [p for p, _ in rows], targets, names
+
+
+@DATASETS.register("csv")
+def csv_dataset(config: DataConfig, seed: int) -> SourceData:
+    """``data.csv`` lists training images (empty label = unlabeled); ``data.test_csv`` the test set."""
+    if not config.csv or not config.test_csv:
+        raise DataError("the csv dataset needs data.csv and data.test_csv (rows: path,label)")
+    paths, targets, classes = _read_csv(Path(config.csv))
+    test_paths, test_targets, _ = _read_csv(Path(config.test_csv), classes)
+    if min(test_targets) < 0:
+        raise DataError(f"every row of {config.test_csv} needs a label")
+    return SourceData(classes, FileImages(paths, targets), np.asarray(targets),
+                      FileImages(test_paths, test_targets), labels_given=True)
+
+
+def _download_error(name: str, root: str, where: str, error: Exception) -> DataError:
+    return DataError(
+        f"{name} is not in {root!r} and could not be downloaded ({type(error).__name__}). "
+        f"On a machine with internet run once with data.download true, or put {where} into "
+        f"{root!r}"
+    )
+
+
+def _torchvision_cifar(cls_name: str, archive: str):
+    def build(config: DataConfig, seed: int) -> SourceData:
+        import torchvision
+
+        cls = getattr(torchvision.datasets, cls_name)
+        try:
+            train = cls(config.root, train=True, download=config.download)
+            test = cls(config.root, train=False, download=config.download)
+        except RuntimeError as error:  # raised by torchvision when files are missing
+            raise _download_error(cls_name, config.root, archive, error) from error
+        except OSError as error:  # URLError and friends
+            raise _download_error(cls_name, config.root, archive, error) from error
+        return SourceData(list(train.classes), train, np.asarray(train.targets), test)
+
+    return build
+
+
+DATASETS.register("cifar10")(_torchvision_cifar("CIFAR10", "cifar-10-python.tar.gz"))
+DATASETS.register("cifar100")(_torchvision_cifar("CIFAR100", "cifar-100-python.tar.gz"))
+
+
+@DATASETS.register("fashion-mnist")
+def fashion_mnist(config: DataConfig, seed: int) -> SourceData:
+    """torchvision's FashionMNIST; uses the Debian package's files when present (offline)."""
+    import torchvision
+
+    raw = Path(config.root) / "FashionMNIST" / "raw"
+    if DEBIAN_FASHION_MNIST.is_dir() and not any(raw.glob("*-ubyte")):
+        raw.mkdir(parents=True, exist_ok=True)
+        for archive in DEBIAN_FASHION_MNIST.glob("*-ubyte.gz"):
+            with gzip.open(archive, "rb") as src, open(raw / archive.stem, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+        log.info("using Fashion-MNIST from %s", DEBIAN_FASHION_MNIST)
+    try:
+        train = torchvision.datasets.FashionMNIST(config.root, train=True, download=config.download)
+        test = torchvision.datasets.FashionMNIST(config.root, train=False, download=config.download)
+    except (RuntimeError, OSError) as error:
+        raise _download_error(
+            "Fashion-MNIST", config.root,
+            "FashionMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz "
+            "(or apt-get install dataset-fashion-mnist)", error,
+        ) from error
+    return SourceData(list(train.classes), train, train.targets.numpy(), test)
+
+
+class SyntheticImages(Dataset):
+    """Class-dependent colour and stripe patterns plus noise: learnable, generated per index."""
+
+    def __init__(self, num_classes: int, size: int, seed: int, image_size: int = 32) -> None:
+        self.num_classes, self.size, self.seed, self.image_size = num_classes, size, seed, image_size
+        self.targets = np.arange(size) % num_classes
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int):
+        label = int(self.targets[index])
+        rng = np.random.default_rng([self.seed, index])
+        size = self.image_size
+        grid = np.broadcast_to(np.linspace(0, 1, size)[None, :], (size, size))
+        phase = 2 * np.pi * (label + 1) * (grid if label % 2 else grid.T) + rng.uniform(0, 0.5)
+        hue = np.array([np.sin(label), np.cos(label), np.sin(2 * label)]) * 0.35 + 0.5
+        stripes = 0.5 + 0.5 * np.sin(phase)
+        image = hue[None, None, :] * 0.6 + stripes[..., None] * 0.4
+        image = image + rng.normal(0, 0.08, image.shape)
+        pixels = (np.clip(image, 0, 1) * 255).astype(np.uint8)
+        return Image.fromarray(pixels, "RGB"), label
+
+
+@DATASETS.register("synthetic")
+def synthetic(config: DataConfig, seed: int) -> SourceData:
+    train = SyntheticImages(config.num_classes, config.synthetic_size, seed=1000 + seed)
+    test = SyntheticImages(config.num_classes, config.synthetic_test_size, seed=2000 + seed)
+    classes = [f"class_{k}" for k in range(config.num_classes)]
+    return SourceData(classes, train, train.targets, test)
+
