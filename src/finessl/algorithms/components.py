@@ -70,3 +70,22 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over the masked entries; zero (with a graph) when none is selected."""
     weights = mask.to(values.dtype)
     return (values * weights).sum() / weights.sum().clamp(min=1.0)
+
+
+def decoupled_smoothing_losses(labeled_aux: torch.Tensor, labels: torch.Tensor,
+                               strong_aux: torch.Tensor, pseudo: torch.Tensor,
+                               selected: torch.Tensor, smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The auxiliary head's two losses (DLS): ``L_x' = CE(h'(x), y)`` and ``L_u'`` = mean over
+    selected strong-view samples of CE against the smoothed pseudo-label. ``strong_aux`` may
+    hold several views (stacked in order), each aligned with ``pseudo`` / ``selected``."""
+    views = strong_aux.shape[0] // pseudo.shape[0]
+    soft = smoothed_targets(pseudo, labeled_aux.shape[-1], smoothing).repeat(views, 1)
+    loss_x_aux = F.cross_entropy(labeled_aux, labels)
+    loss_u_aux = masked_mean(soft_cross_entropy(strong_aux, soft), selected.repeat(views))
+    return loss_x_aux, loss_u_aux
+
+
+def aux_weights(aux_logits: torch.Tensor, min_confidence: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Auxiliary confidence ``c'`` of each sample and its L_u weight ``c' [c' >= th_min]``."""
+    confidence = aux_logits.detach().softmax(dim=-1).max(dim=-1).values
+    return confidence, confidence * (confidence >= min_confidence).float()

@@ -20,7 +20,6 @@ from the algorithm, the auxiliary head's confidence (FineSSL) or the main head's
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from finessl.algorithms.base import (
@@ -32,11 +31,10 @@ from finessl.algorithms.base import (
 )
 from finessl.algorithms.components import (
     ClassPace,
+    aux_weights,
     balanced_margins,
+    decoupled_smoothing_losses,
     margin_cross_entropy,
-    masked_mean,
-    smoothed_targets,
-    soft_cross_entropy,
 )
 from finessl.config import AlgorithmConfig
 from finessl.errors import ConfigError
@@ -164,15 +162,13 @@ class PseudoLabeling(Algorithm):
         logs: dict[str, float] = {}
         aux_confidence = None
         if self.dls:
-            aux_confidence = out.weak_aux.detach().softmax(dim=-1).max(dim=-1).values
-            soft = smoothed_targets(pseudo, self.num_classes, cfg.smoothing)
-            terms["loss_x_aux"] = F.cross_entropy(out.labeled_aux, batch.labels)
-            terms["loss_u_aux"] = masked_mean(soft_cross_entropy(strong_aux, soft.repeat(views, 1)),
-                                              selected.repeat(views))
+            aux_confidence, aux_weight = aux_weights(out.weak_aux, cfg.aux_min_confidence)
+            terms["loss_x_aux"], terms["loss_u_aux"] = decoupled_smoothing_losses(
+                out.labeled_aux, batch.labels, strong_aux, pseudo, selected, cfg.smoothing)
             logs["aux_conf"] = aux_confidence.mean().item()
         self._record_confidence(confidence, aux_confidence)
         if self.weighting == "aux":
-            weight = aux_confidence * (aux_confidence >= cfg.aux_min_confidence).float()
+            weight = aux_weight
         elif self.weighting == "main":
             weight = confidence
 

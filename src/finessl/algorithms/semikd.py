@@ -20,10 +20,10 @@ from torch import nn
 from finessl.algorithms.base import ALGORITHMS, Algorithm, Batch, StepResult, forward_views
 from finessl.algorithms.components import (
     ClassPace,
+    aux_weights,
     balanced_margins,
+    decoupled_smoothing_losses,
     margin_cross_entropy,
-    masked_mean,
-    smoothed_targets,
     soft_cross_entropy,
 )
 from finessl.config import AlgorithmConfig
@@ -91,19 +91,17 @@ class SemiKD(Algorithm):
         target = teacher_weak.softmax(dim=-1)
 
         loss_x = margin_cross_entropy(out.labeled, batch.labels, margins).mean()
-        loss_x_aux = F.cross_entropy(out.labeled_aux, batch.labels)
         kd = soft_cross_entropy(out.weak, target).mean()
         kd_aux = soft_cross_entropy(out.weak_aux, target).mean()
 
         with torch.no_grad():
             student_probs = out.weak.detach().softmax(dim=-1)
             confidence, pseudo = student_probs.max(dim=-1)
-            aux_confidence = out.weak_aux.detach().softmax(dim=-1).max(dim=-1).values
+            aux_confidence, weight = aux_weights(out.weak_aux, cfg.aux_min_confidence)
             selected = confidence >= cfg.threshold
-            weight = aux_confidence * (aux_confidence >= cfg.aux_min_confidence).float()
-            soft = smoothed_targets(pseudo, self.num_classes, cfg.smoothing)
         loss_u = (weight * margin_cross_entropy(out.strong, pseudo, margins)).mean()
-        loss_u_aux = masked_mean(soft_cross_entropy(out.strong_aux, soft), selected)
+        loss_x_aux, loss_u_aux = decoupled_smoothing_losses(
+            out.labeled_aux, batch.labels, out.strong_aux, pseudo, selected, cfg.smoothing)
         self.pace.update(batch.unlabeled_index, pseudo, selected)
 
         self.steps += 1
