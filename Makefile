@@ -22,6 +22,7 @@ demo: install
 	$(BIN)/finessl demo --output runs/demo
 
 test: install
+	$(BIN)/python -m finessl.data.fetch data
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest
 

@@ -10,15 +10,19 @@ import torch
 from torch import nn
 
 from finessl.algorithms import ALGORITHMS, Batch, build_algorithm
+from finessl.algorithms.base import ViewLogits
 from finessl.config import AlgorithmConfig, ModelConfig
 from finessl.models.backbone_base import ModuleBackbone
 from finessl.models.model import build_model
 
+# The authors' FineSSL rules, chosen explicitly: with 3 classes "auto" picks the few-class forms.
+REFERENCE = {"pace": "reference", "aux_weight": "confidence"}
 P3 = torch.tensor([[0.8, 0.1, 0.1], [0.5, 0.3, 0.2], [0.1, 0.7, 0.2]])
 
 
-def algo(name, num_classes=3, num_unlabeled=10, **kwargs):
-    return build_algorithm(AlgorithmConfig(name=name, **kwargs), num_classes, num_unlabeled)
+def algo(name, num_classes=3, num_unlabeled=10, total_steps=None, **kwargs):
+    return build_algorithm(AlgorithmConfig(name=name, **kwargs), num_classes, num_unlabeled,
+                           total_steps=total_steps)
 
 
 def batch_for(indices):
@@ -90,7 +94,8 @@ def test_freematch_fairness_loss():
     a.label_hist.copy_(torch.tensor([0.5, 0.5]))
     logits = torch.log(torch.tensor([[0.7, 0.3], [0.4, 0.6], [0.9, 0.1]]))
     selected = torch.tensor([True, False, True])
-    loss = a.extra_losses(logits, selected.float(), selected)["loss_fair"].item()
+    views = ViewLogits(labeled=logits, strong=logits, weak=None)
+    loss = a.extra_losses(views, None, selected.float(), selected)["loss_fair"].item()
     # passing strong predictions: [0.7, 0.3], [0.9, 0.1]; both argmax 0 -> hist [1, 0]
     mean = [0.8, 0.2]
     scaled = [mean[0] / 1.0, 0.0]  # 1/hist with 1/0 -> 0
@@ -98,22 +103,36 @@ def test_freematch_fairness_loss():
     target = [0.6 / 0.5 / 2.0, 0.4 / 0.5 / 2.0]
     expected = target[0] * math.log(q[0] + 1e-12) + target[1] * math.log(q[1] + 1e-12)
     assert loss == pytest.approx(expected, rel=1e-5)
-    none = a.extra_losses(logits, torch.zeros(3), torch.zeros(3, dtype=torch.bool))
+    none = a.extra_losses(views, None, torch.zeros(3), torch.zeros(3, dtype=torch.bool))
     assert none["loss_fair"].item() == 0.0
 
 
 def test_softmatch_alignment_and_gaussian_weights():
     a = algo("softmatch", num_classes=2, ema_momentum=0.5)
     probs = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7]])
-    aligned = a.adjust_probs(probs, probs.log())
-    p_model = [0.25 + 0.5 * 0.6, 0.25 + 0.5 * 0.4]  # EMA of the batch mean, from 1/C
+    # First batch: p_model is the batch mean itself (USB), not an EMA from uniform.
+    p_model = [0.6, 0.4]
+    aligned = a.align(probs)
+    assert a.p_model.tolist() == pytest.approx(p_model)
     expected = []
     for row in probs.tolist():
-        raw = [row[k] * 0.5 / p_model[k] for k in range(2)]
+        raw = [row[k] / p_model[k] for k in range(2)]
         expected.append([v / sum(raw) for v in raw])
     assert aligned.tolist() == [pytest.approx(r, rel=1e-5) for r in expected]
-    weight, selected = a.mask(aligned, batch_for([0, 1, 2]))
-    conf = [max(r) for r in expected]
+    # Second batch: EMA of the batch means.
+    second = torch.tensor([[0.2, 0.8], [0.4, 0.6]])
+    a.align(second)
+    assert a.p_model.tolist() == pytest.approx([0.5 * 0.6 + 0.5 * 0.3, 0.5 * 0.4 + 0.5 * 0.7])
+
+
+def test_softmatch_weights_from_aligned_confidence():
+    a = algo("softmatch", num_classes=2, ema_momentum=0.5)
+    probs = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7]])
+    weight, selected = a.mask(probs, batch_for([0, 1, 2]))
+    conf = []
+    for row in probs.tolist():
+        raw = [row[0] / 0.6, row[1] / 0.4]
+        conf.append(max(raw) / sum(raw))
     mean = sum(conf) / 3
     var = sum((c - mean) ** 2 for c in conf) / 2
     mu, v = 0.25 + 0.5 * mean, 0.5 * 1.0 + 0.5 * var
@@ -121,6 +140,32 @@ def test_softmatch_alignment_and_gaussian_weights():
     assert weight.tolist() == pytest.approx(want, rel=1e-5)
     assert selected.tolist() == [c >= mu for c in conf]
     assert min(want) < 1.0  # some weight is really soft
+
+
+def test_softmatch_pseudo_labels_come_from_the_raw_probabilities():
+    """USB's SoftMatch: alignment shapes the weights only; the labels are raw arg-maxes."""
+    model = tiny_model()
+    a = build_algorithm(AlgorithmConfig(name="softmatch"), C, 8)
+    batch = tiny_batch(1)
+    # A borderline sample (classes 0 / 1) among samples that mostly say class 1: aligning
+    # by the batch mean moves its arg-max to class 0.
+    batch.weak = batch.weak[[2, 1, 1, 1]]
+    with torch.no_grad():
+        raw = model(batch.weak).softmax(-1)
+        aligned = raw / raw.mean(0)
+        aligned = aligned / aligned.sum(-1, keepdim=True)
+        conf = aligned.max(-1).values
+        mu = 0.999 / C + 0.001 * conf.mean()
+        var = 0.999 + 0.001 * conf.var()
+        weight = torch.exp(-(torch.clamp(conf - mu, max=0) ** 2) / (2 * var / 4))
+        strong = model(batch.strong[0])
+        want = (weight * nn.functional.cross_entropy(strong, raw.argmax(-1), reduction="none")).mean()
+        with_aligned = (weight * nn.functional.cross_entropy(strong, aligned.argmax(-1),
+                                                             reduction="none")).mean()
+    assert (raw.argmax(-1) != aligned.argmax(-1)).any()  # the two choices differ here
+    result = a.step(model, batch)
+    assert result.terms["loss_u"].item() == pytest.approx(want.item(), rel=1e-5)
+    assert result.terms["loss_u"].item() != pytest.approx(with_aligned.item(), rel=1e-3)
 
 
 def test_debiaspl_debiased_labels_and_adaptive_margin():
@@ -159,19 +204,37 @@ def tiny_batch(views):
                                   "debiaspl", "finessl"])
 def test_every_algorithm_steps_and_checkpoints(name):
     cfg = AlgorithmConfig(name=name)
-    a = build_algorithm(cfg, C, 8)
+    a = build_algorithm(cfg, C, 8, total_steps=10)
     model = tiny_model()
     result = a.step(model, tiny_batch(a.strong_views(cfg)))
     assert torch.isfinite(result.loss)
     result.loss.backward()
     state = a.state_dict()
-    twin = build_algorithm(cfg, C, 8)
+    twin = build_algorithm(cfg, C, 8, total_steps=10)
     twin.load_state_dict(state)
     assert all(torch.equal(state[k], twin.state_dict()[k]) for k in state)
 
 
+def test_pseudolabel_unlabeled_weight_ramps_up_over_40_percent_of_training():
+    model = tiny_model()
+    a = algo("pseudolabel", num_classes=C, num_unlabeled=8, threshold=0.0, total_steps=10)
+    for ramp in [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]:
+        result = a.step(model, tiny_batch(0))
+        t = result.terms
+        assert result.loss.item() == pytest.approx((t["loss_x"] + ramp * t["loss_u"]).item(), rel=1e-6)
+    assert t["loss_u"].item() > 0
+    # FixMatch has no warm-up; any algorithm can have one.
+    assert algo("fixmatch", total_steps=10).unlabeled_ramp() == 1.0
+    flex = algo("flexmatch", unlabeled_warmup=0.5, total_steps=10)
+    assert flex.unlabeled_ramp() == 0.0
+    from finessl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="training steps"):
+        algo("pseudolabel")
+
+
 def test_pseudolabel_trains_on_the_weak_view():
-    a = algo("pseudolabel", num_classes=C, num_unlabeled=8, threshold=0.0)
+    a = algo("pseudolabel", num_classes=C, num_unlabeled=8, threshold=0.0, total_steps=10)
     assert a.strong_views(a.config) == 0
     model = tiny_model()
     batch = tiny_batch(0)
@@ -182,7 +245,7 @@ def test_pseudolabel_trains_on_the_weak_view():
 
 
 def test_finessl_parts_plug_into_flexmatch():
-    cfg = AlgorithmConfig(name="flexmatch", bms=True, dls=True, weighting="aux")
+    cfg = AlgorithmConfig(name="flexmatch", bms=True, dls=True, weighting="aux", **REFERENCE)
     a = build_algorithm(cfg, C, 8)
     a.pace.selected.copy_(torch.tensor([0, 0, 0, 0, 1, 1, -1, -1]))
     result = a.step(tiny_model(), tiny_batch(1))
@@ -195,11 +258,11 @@ def test_finessl_parts_plug_into_flexmatch():
 def test_ablation_switches():
     model = tiny_model()
     beta = torch.tensor([1.0, 0.5, 0.0])
-    fixed = algo("finessl", margin_fixed=True, margin_alpha=2.0)
+    fixed = algo("finessl", margin_fixed=True, margin_alpha=2.0, **REFERENCE)
     fixed.pace.selected.copy_(torch.tensor([0, 0, 1, -1, -1, -1, -1, -1, -1, -1]))
     assert fixed.margins().tolist() == pytest.approx([2 * (1 - b) / (1 + b) for b in beta.tolist()])
     # BMS on unlabeled data only: L_x is the plain cross-entropy.
-    only_u = algo("finessl", bms_labeled=False, num_unlabeled=8)
+    only_u = algo("finessl", bms_labeled=False, num_unlabeled=8, **REFERENCE)
     only_u.pace.selected.copy_(torch.tensor([0, 0, 0, 0, 1, 1, -1, -1]))
     batch = tiny_batch(2)
     result = only_u.step(model, batch)
@@ -234,7 +297,7 @@ def test_aux_weighting_needs_the_aux_head():
 
 
 def test_pseudo_label_diagnostics():
-    a = algo("finessl", num_classes=C, num_unlabeled=8, threshold=0.0)
+    a = algo("finessl", num_classes=C, num_unlabeled=8, threshold=0.0, **REFERENCE)
     model = tiny_model()
     batch = tiny_batch(2)
     with torch.no_grad():

@@ -27,7 +27,7 @@ def smoke_run(tmp_path_factory):
 
 
 def test_train_writes_the_run_directory(smoke_run):
-    for name in ("config.yaml", "metrics.jsonl", "final.json", "adapter.safetensors", "state.pt",
+    for name in ("config.yaml", "metrics.jsonl", "final.json", "adapter.safetensors", "state.safetensors",
                  "test_predictions.safetensors"):
         assert (smoke_run / name).is_file(), name
     events = list((smoke_run / "tensorboard").glob("events.out.tfevents*"))
@@ -86,7 +86,7 @@ def test_resume_finished_run_and_refuse_overwrite(smoke_run):
      "does not exist"),
     (["train", "--preset", "smoke", "--model.backbone", "ViT-B-32", "--model.pretrained",
       "openai"], "could not load ViT-B-32 weights"),
-    (["predict", "--run", "/no/such/run", "x.png"], "not a finished run"),
+    (["predict", "--run", "/no/such/run", "x.png"], "does not exist"),
 ])
 def test_bad_input_is_one_line(args, message, tmp_path):
     result = finessl(*args, "--output", str(tmp_path / "out")) if args[0] == "train" else \

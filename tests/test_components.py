@@ -1,4 +1,4 @@
-"""FineSSL's components against values worked out by hand from the spec's formulas."""
+"""FineSSL's components against values worked out by hand from the formulas of docs/method.md."""
 
 import math
 

@@ -6,7 +6,7 @@ import torch
 
 from finessl.config import DataConfig
 from finessl.data import build_ssl_data, load_source
-from finessl.data.datasets import DEBIAN_FASHION_MNIST
+from finessl.data.fetch import DEBIAN_FASHION_MNIST
 from finessl.errors import ConfigError, DataError
 
 from helpers import make_image_folder, write_image
@@ -20,8 +20,10 @@ def test_folder_dataset(tmp_path):
     data = build_ssl_data(cfg, 32, MEAN, STD, seed=0, strong_views=2)
     assert data.classes == ["cat", "dog"]
     assert len(data.labeled) == 8 and len(data.unlabeled) == 8 + 6 and len(data.test) == 4
-    index, weak, s1, s2, label = data.unlabeled[len(data.unlabeled) - 1]
-    assert weak.shape == s1.shape == s2.shape == (3, 32, 32) and label == -1
+    item = data.unlabeled[len(data.unlabeled) - 1]
+    s1, s2 = item["strong"]
+    assert item["weak"].shape == s1.shape == s2.shape == (3, 32, 32) and item["label"] == -1
+    assert item["index"] == len(data.unlabeled) - 1 and item["skipped"] == 0
     image, y = data.labeled[0]
     assert image.shape == (3, 32, 32) and y in (0, 1)
     two = build_ssl_data(DataConfig(name="folder", root=str(tmp_path), labels_per_class=2),

@@ -1,4 +1,4 @@
-"""One FineSSL step against the spec's section 3, computed independently here."""
+"""One FineSSL step against docs/method.md, computed independently here."""
 
 import math
 
@@ -13,6 +13,8 @@ from finessl.models.backbone_base import ModuleBackbone
 from finessl.models.model import build_model
 
 C, D, B = 3, 4, 4
+# The authors' rules, chosen explicitly: with 3 classes "auto" would pick the few-class forms.
+REFERENCE = {"pace": "reference", "aux_weight": "confidence"}
 
 
 def make_model(seed=0):
@@ -50,7 +52,7 @@ def softmax(row):
 
 
 def expected_losses(model, batch, selected_before, threshold=0.7, alpha=8.0, lam=0.5):
-    """The spec's losses with plain Python arithmetic."""
+    """The losses of docs/method.md with plain Python arithmetic."""
     lin = model.backbone.module
     feats = lambda x: (x @ lin.weight.t() + lin.bias).tolist()  # noqa: E731
     counts = [sum(1 for s in selected_before if s == k) for k in range(C)]
@@ -93,7 +95,7 @@ def run_step(threshold=0.7, preselect=True):
         model.aux_head.weight.add_(0.3 * torch.randn_like(model.aux_head.weight))
         model.head.scale.fill_(4.0)
         model.aux_head.scale.fill_(3.0)
-    algo = build_algorithm(AlgorithmConfig(name="finessl", threshold=threshold), C, 8)
+    algo = build_algorithm(AlgorithmConfig(name="finessl", threshold=threshold, **REFERENCE), C, 8)
     if preselect:  # counts 4, 2, 0 -> margins 0, 8/3, 8
         algo.pace.selected.copy_(torch.tensor([0, 0, 0, 0, 1, 1, -1, -1]))
     before = algo.pace.selected.tolist()
@@ -169,7 +171,7 @@ def test_weak_view_is_forwarded_without_gradient():
 
 def test_one_strong_view_setting():
     model = make_model()
-    algo = build_algorithm(AlgorithmConfig(name="finessl", strong_views=1), C, 8)
+    algo = build_algorithm(AlgorithmConfig(name="finessl", strong_views=1, **REFERENCE), C, 8)
     batch = make_batch()
     batch.strong = batch.strong[:1]
     exp = expected_losses(model, batch, [-1] * 8)

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from finessl.data.gpu_augment import OPS, BatchAugment, apply_op
+from finessl.data.gpu_augment import WIDE_OPS, BatchAugment, apply_reference_op, apply_wide_op
+from finessl.data.randaugment import OP_NAMES
 
 
 def images(n=6, size=20, channels=3):
@@ -14,6 +15,8 @@ def images(n=6, size=20, channels=3):
 def test_shapes_normalisation_and_per_sample_randomness():
     aug = BatchAugment(32, (0.5,) * 3, (0.25,) * 3, strong=True)
     out = aug(images(), torch.Generator().manual_seed(1))
+    wide = BatchAugment(32, (0.5,) * 3, (0.25,) * 3, strong=True, recipe="wide")
+    assert wide(images(), torch.Generator().manual_seed(1)).shape == out.shape
     assert out.shape == (6, 3, 32, 32) and out.dtype == torch.float32
     raw = out * 0.25 + 0.5
     assert raw.min() >= -1e-5 and raw.max() <= 1 + 1e-5
@@ -30,25 +33,36 @@ def test_weak_view_is_a_crop_of_the_resized_image_or_its_mirror():
     assert torch.allclose(out, torch.full_like(out, 200 / 255), atol=1e-5)
 
 
-@pytest.mark.parametrize("name", OPS)
-def test_every_operation_keeps_range_and_shape(name):
+@pytest.mark.parametrize("name", WIDE_OPS)
+def test_every_wide_operation_keeps_range_and_is_identity_at_magnitude_zero(name):
     x = images(4, 16).float() / 255
-    out = apply_op(name, x, torch.full((4,), 10.0), torch.Generator().manual_seed(0))
+    sign = torch.tensor([1, -1, 1, -1])
+    out = apply_wide_op(name, x, torch.full((4,), 10.0), sign)
     assert out.shape == x.shape and out.min() >= -1e-5 and out.max() <= 1 + 1e-5
     if name not in ("Equalize", "AutoContrast"):
-        zero = apply_op(name, x, torch.zeros(4), torch.Generator().manual_seed(0))
+        zero = apply_wide_op(name, x, torch.zeros(4), sign)
         if name == "Posterize":  # magnitude 0 keeps 4 bits
             assert torch.allclose(zero, ((x * 255).round().to(torch.uint8) & 0xF0).float() / 255)
-        elif name == "Solarize":  # threshold 1: only pure white flips
-            assert torch.allclose(zero[x < 1], x[x < 1])
+        elif name == "Solarize":  # threshold 256: nothing flips
+            assert torch.allclose(zero, x, atol=1e-6)
         else:  # identity at magnitude 0
             assert torch.allclose(zero, x, atol=1e-4), name
 
 
-def test_solarize_and_cutout_by_hand():
+@pytest.mark.parametrize("name", OP_NAMES)
+def test_every_reference_operation_keeps_range_and_shape(name):
+    x = images(4, 16).float() / 255
+    for v in (1, 9):
+        out = apply_reference_op(name, x, torch.full((4,), v), torch.tensor([1, -1, 1, -1]))
+        assert out.shape == x.shape and out.min() >= -1e-5 and out.max() <= 1 + 1e-5
+
+
+def test_solarize_by_hand():
     x = torch.tensor([0.2, 0.6, 0.9]).view(1, 1, 1, 3).expand(1, 3, 1, 3)
-    out = apply_op("Solarize", x, torch.tensor([5.0]), torch.Generator())  # threshold 0.5
-    assert out[0, 0, 0].tolist() == pytest.approx([0.2, 0.4, 0.1])
+    out = apply_wide_op("Solarize", x, torch.tensor([5.0]), torch.ones(1))  # threshold 128
+    assert out[0, 0, 0].tolist() == pytest.approx([51 / 255, 102 / 255, 25 / 255])
+    out = apply_reference_op("Solarize", x, torch.tensor([5]), torch.ones(1))  # 256 - 128 = 128
+    assert out[0, 0, 0].tolist() == pytest.approx([51 / 255, 102 / 255, 25 / 255])
 
 
 def test_training_with_gpu_augment_on_cpu(tmp_path):

@@ -92,7 +92,7 @@ def test_every_preset_builds_config_and_data_pipeline(preset, tmp_path):
 
     views = algorithm_class(cfg.algorithm).strong_views(cfg.algorithm)
     data = build_ssl_data(cfg.data, 32, MEAN, STD, cfg.seed, views)
-    index, weak, *strong, _ = data.unlabeled[0]
-    assert weak.shape == (3, 32, 32) and len(strong) == views
+    item = data.unlabeled[0]
+    assert item["weak"].shape == (3, 32, 32) and len(item["strong"]) == views
     model = build_model(cfg.model, data.num_classes, classes=data.classes)
     assert model.num_classes == data.num_classes

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from finessl.config import ModelConfig
-from finessl.engine.checkpoint import load_adapter, save_adapter
 from finessl.errors import ConfigError
 from finessl.models import build_backbone, build_model
+from finessl.rundir import RunDir
 
 FAMILIES = {
     # name: (config kwargs, is_vit)
@@ -138,10 +138,12 @@ def test_adapter_weights_round_trip(family, method, tmp_path):
         for p in model.parameters():
             if p.requires_grad:
                 p.add_(0.01 * torch.randn_like(p))
-    save_adapter(tmp_path / "a.safetensors", model.trainable_state_dict(), {"peft": method})
+    meta = {"peft": method, "classes": ["a", "b", "c"], "num_features": 0, "image_size": 32,
+            "mean": [0.5] * 3, "std": [0.5] * 3}
+    RunDir(tmp_path).save_adapter(model.trainable_state_dict(), meta)
     torch.manual_seed(123)  # a different random init of the PEFT modules and heads
     fresh = build_model(config(family, method), num_classes=3)
-    state, meta = load_adapter(tmp_path / "a.safetensors")
+    state, meta = RunDir(tmp_path).load_adapter()
     assert set(state) == set(fresh.trainable_state_dict()) and meta["peft"] == method
     fresh.load_state_dict(state, strict=False)
     fresh.eval()

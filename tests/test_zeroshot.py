@@ -1,4 +1,4 @@
-"""CLIP text side: zero-shot logits and the text-initialised head (spec section 2)."""
+"""CLIP text side: zero-shot logits and the text-initialised head (docs/method.md, "The model")."""
 
 import torch
 import torch.nn.functional as F

@@ -6,7 +6,6 @@ import argparse
 import contextlib
 import logging
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -40,9 +39,14 @@ def parse_overrides(tokens: list[str]) -> dict[str, str]:
 def _resolve_config(args, overrides: dict[str, str]):
     from finessl.config import apply_overrides, load_config, load_preset
     from finessl.errors import ConfigError
+    from finessl.rundir import RunDir
 
     if args.resume:
-        config = load_config(Path(args.resume) / "config.yaml")
+        if args.preset or args.config:
+            raise ConfigError("--resume continues a run with its own config; give overrides only")
+        run = RunDir(args.resume)
+        run.check_can_resume()
+        config = run.read_config()
     elif args.preset and args.config:
         raise ConfigError("give either --preset or --config, not both")
     elif args.preset:
@@ -61,7 +65,7 @@ class TqdmProgress:
         self.bar = None
         self.top1 = None
 
-    def on_train_start(self, total_steps: int, start_step: int) -> None:
+    def on_train_start(self, total_steps: int, start_step: int, images_per_step: int = 0) -> None:
         from tqdm import tqdm
 
         self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
@@ -83,7 +87,7 @@ class TqdmProgress:
 
 
 def _progress(every: int):
-    from finessl.engine.trainer import LogProgress
+    from finessl.engine.callbacks import LogProgress
 
     return TqdmProgress() if sys.stderr.isatty() else LogProgress(every)
 
@@ -129,7 +133,8 @@ def cmd_eval(args, overrides) -> int:
     extra = f"  top5 {metrics['top5']:.2f}" if "top5" in metrics else ""
     print(f"top1 {metrics['top1']:.2f}  balanced_acc {metrics['balanced_acc']:.2f}  "
           f"ece {metrics['ece']:.4f}  nll {metrics['nll']:.4f}{extra}")
-    print(f"written to {Path(args.run) / 'eval.json'}")
+    if metrics["written_to"] != "None":
+        print(f"written to {metrics['written_to']}")
     return 0
 
 
@@ -152,6 +157,21 @@ def _report_failures(report) -> None:
             print(f"  {path}: {reason}", file=sys.stderr)
 
 
+def check_writable(path: str | None, what: str = "--out") -> None:
+    """Fails fast (before any work) when an output file cannot be written there."""
+    from finessl.errors import FinesslError
+
+    if not path:
+        return
+    folder = Path(path).expanduser().resolve().parent
+    if not folder.is_dir():
+        raise FinesslError(f"{what} {path}: the folder {folder} does not exist")
+    if Path(path).is_dir():
+        raise FinesslError(f"{what} {path} is a folder; give a file name")
+    if not os.access(folder, os.W_OK):
+        raise FinesslError(f"{what} {path}: the folder {folder} is not writable")
+
+
 def _open_out(path: str | None):
     return open(path, "w", newline="") if path else contextlib.nullcontext(sys.stdout)
 
@@ -161,9 +181,11 @@ def cmd_predict(args, overrides) -> int:
 
     from finessl.inference import collect_images
 
+    check_writable(args.out)
+    images = collect_images(args.paths)
     predictor = _predictor(args)
-    report = predictor.predict(collect_images(args.paths), batch_size=args.batch_size,
-                               top_k=args.top_k, workers=args.workers)
+    report = predictor.predict(images, batch_size=args.batch_size, top_k=args.top_k,
+                               workers=args.workers)
     with _open_out(args.out) as handle:
         writer = csv.writer(handle)
         extra = [c for k in range(2, args.top_k + 1) for c in (f"label_{k}", f"confidence_{k}")]
@@ -184,9 +206,10 @@ def cmd_label(args, overrides) -> int:
     from finessl.inference import auto_label, collect_images
 
     args.backbone = None
+    check_writable(args.out)
+    images = collect_images(args.paths)
     predictor = _predictor(args)
-    report = predictor.predict(collect_images(args.paths), batch_size=args.batch_size,
-                               workers=args.workers)
+    report = predictor.predict(images, batch_size=args.batch_size, workers=args.workers)
     kept = auto_label(report, args.threshold, args.max_per_class)
     with _open_out(args.out) as handle:
         writer = csv.writer(handle)
@@ -212,6 +235,7 @@ def cmd_report(args, overrides) -> int:
 def cmd_export(args, overrides) -> int:
     from finessl.inference import export, load
 
+    check_writable(args.out)
     path = export(load(args.run, device="cpu"), args.out, args.format)
     print(f"exported {args.format} model to {path}")
     return 0
@@ -221,11 +245,12 @@ def cmd_zeroshot(args, overrides) -> int:
     from finessl.run import zeroshot
 
     args.resume = None
+    check_writable(args.out)
     metrics = zeroshot(_resolve_config(args, overrides), device=args.device)
     print(f"zero-shot top1 {metrics['top1']:.2f}  balanced_acc {metrics['balanced_acc']:.2f}  "
           f"ece {metrics['ece']:.4f}")
     if args.out:
-        from finessl.engine.checkpoint import write_json
+        from finessl.rundir import write_json
 
         write_json(Path(args.out), metrics)
     return 0
@@ -241,6 +266,15 @@ def cmd_bench(args, overrides) -> int:
           f"{result['images_per_second']:.1f} images/s ({result['images_per_step']} images/step), "
           f"{memory} {result['peak_memory_mib']:.0f} MiB, "
           f"{result['trainable_params']:,} trainable parameters")
+    return 0
+
+
+def cmd_config(args, overrides) -> int:
+    from finessl.config import Config, apply_overrides, describe, load_config, load_preset
+
+    config = load_preset(args.preset) if args.preset else load_config(args.config) if args.config \
+        else Config()
+    print(describe(apply_overrides(config, overrides)), end="")
     return 0
 
 
@@ -261,6 +295,25 @@ def cmd_demo(args, overrides) -> int:
     return 0
 
 
+def _number(kind, test, wanted: str):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {wanted}") from None
+        if not test(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {wanted}")
+        return value
+
+    parse.__name__ = wanted
+    return parse
+
+
+positive_int = _number(int, lambda v: v >= 1, "an integer >= 1")
+non_negative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
+unit_float = _number(float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
+
+
 def _config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", help="a built-in preset (see 'finessl presets')")
     parser.add_argument("--config", help="a YAML config file")
@@ -274,9 +327,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    train = sub.add_parser("train", help="train a run",
-                           description="Train from a preset or YAML config; override any key "
-                                       "with --section.key VALUE (e.g. --train.steps 100).")
+    train = sub.add_parser(
+        "train", help="train a run", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train from a preset or YAML config; override any key with --section.key VALUE\n"
+                    "(e.g. --train.steps 100). The sections: model (backbone, weights, PEFT), data\n"
+                    "(dataset, split, augmentation), algorithm (SSL method and its settings), train\n"
+                    "(optimizer, schedule, precision, logging), seed. Every key, its value and\n"
+                    "what it does: finessl config --preset NAME [--section.key VALUE ...]")
     _config_args(train)
     train.add_argument("--output", help="run directory to create")
     train.add_argument("--resume", metavar="DIR", help="continue the run in DIR")
@@ -305,9 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--pretrained", default="imagenet", help="with --backbone")
     predict.add_argument("paths", nargs="+", help="images, folders of images or CSV lists")
     predict.add_argument("--out", help="CSV file to write (default: standard output)")
-    predict.add_argument("--batch-size", type=int, default=64)
-    predict.add_argument("--top-k", type=int, default=1)
-    predict.add_argument("--workers", type=int, default=0, help="image-loading processes")
+    predict.add_argument("--batch-size", type=positive_int, default=64)
+    predict.add_argument("--top-k", type=positive_int, default=1)
+    predict.add_argument("--workers", type=non_negative_int, default=0, help="image-loading processes")
     predict.add_argument("--device", default="auto")
     predict.set_defaults(func=cmd_predict)
 
@@ -318,10 +375,10 @@ def build_parser() -> argparse.ArgumentParser:
     label.add_argument("--run", required=True, help="run directory")
     label.add_argument("paths", nargs="+", help="images, folders of images or CSV lists")
     label.add_argument("--out", help="CSV file to write (default: standard output)")
-    label.add_argument("--threshold", type=float, default=0.9)
-    label.add_argument("--max-per-class", type=int)
-    label.add_argument("--batch-size", type=int, default=64)
-    label.add_argument("--workers", type=int, default=0)
+    label.add_argument("--threshold", type=unit_float, default=0.9)
+    label.add_argument("--max-per-class", type=positive_int)
+    label.add_argument("--batch-size", type=positive_int, default=64)
+    label.add_argument("--workers", type=non_negative_int, default=0)
     label.add_argument("--device", default="auto")
     label.set_defaults(func=cmd_label)
 
@@ -347,9 +404,16 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Runs real training steps (data loading included) and "
                                        "prints images/s, seconds per step and peak memory.")
     _config_args(bench)
-    bench.add_argument("--steps", type=int, default=10)
-    bench.add_argument("--warmup", type=int, default=2)
+    bench.add_argument("--steps", type=positive_int, default=10)
+    bench.add_argument("--warmup", type=non_negative_int, default=2)
     bench.set_defaults(func=cmd_bench)
+
+    config = sub.add_parser("config", help="print a resolved configuration, every key explained",
+                            description="Prints the configuration a preset or YAML file (plus "
+                                        "--section.key VALUE overrides) resolves to, as YAML with "
+                                        "a comment per key; without --preset/--config, the defaults.")
+    _config_args(config)
+    config.set_defaults(func=cmd_config)
 
     presets = sub.add_parser("presets", help="list the built-in presets")
     presets.set_defaults(func=cmd_presets)
@@ -360,31 +424,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Exit codes (also in the README).
+EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_INTERRUPTED, EXIT_STOPPED = 0, 1, 2, 130, 143
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Runs one command. Exit codes: 0 done; 2 a problem with the input (one line says
+    which); 143 stopped by SIGTERM / SIGINT after a checkpoint (resume it); 130 interrupted
+    outside training; 1 an unexpected internal error (one line; FINESSL_DEBUG=1 shows the
+    traceback)."""
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
-    from finessl.errors import FinesslError
+    from finessl.errors import FinesslError, TrainingInterrupted
 
     try:
-        if rest and args.command not in ("train", "demo", "zeroshot", "bench", "distill"):
+        if rest and args.command not in ("train", "demo", "zeroshot", "bench", "distill", "config"):
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         overrides = parse_overrides(rest) if rest else {}
         return args.func(args, overrides)
+    except TrainingInterrupted as error:
+        print(f"finessl: stopped: {error}", file=sys.stderr)
+        return EXIT_STOPPED
     except FinesslError as error:
-        from finessl.engine.trainer import TrainingInterrupted
-
-        print(f"finessl: {'stopped' if isinstance(error, TrainingInterrupted) else 'error'}: "
-              f"{error}", file=sys.stderr)
-        return 128 + signal.SIGTERM if isinstance(error, TrainingInterrupted) else 2
+        print(f"finessl: error: {error}", file=sys.stderr)
+        return EXIT_USER
     except KeyboardInterrupt:
         print("finessl: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except Exception as error:  # noqa: BLE001  (the last line of defence: one line, not a traceback)
+        if os.environ.get("FINESSL_DEBUG"):
+            raise
+        first = str(error).splitlines()[0][:200] if str(error) else ""
+        print(f"finessl: internal error: {type(error).__name__}: {first} (run with "
+              "FINESSL_DEBUG=1 for the traceback)", file=sys.stderr)
+        return EXIT_INTERNAL
     finally:
         if "torch.distributed" in sys.modules:  # leave torchrun's process group cleanly
-            from finessl.engine.distributed import shutdown_distributed
+            from finessl.distributed import shutdown_distributed
 
             shutdown_distributed()
 

@@ -20,134 +20,166 @@ from finessl.errors import ConfigError
 from finessl.registry import unknown_name_message
 
 
+def opt(default: Any, doc: str, *, choices: tuple | None = None, ge: float | None = None,
+        gt: float | None = None, le: float | None = None, lt: float | None = None) -> Any:
+    """A config field with its one-line documentation and the values it accepts.
+
+    Checked by ``validate_config`` (and on every override); ``finessl config`` prints ``doc``.
+    """
+    meta = {"doc": doc, "choices": choices, "ge": ge, "gt": gt, "le": le, "lt": lt}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class ModelConfig:
     """Backbone, where its weights come from, and what of it is trained."""
 
-    backbone: str = "ViT-B-16"
-    # open_clip tag ("openai"), "hf-hub:org/repo", a local file, or "none" (random init).
-    pretrained: str | None = "openai"
-    # A PEFT method, or several joined by "+" (e.g. "lora+vpt-deep").
-    peft: str = "vpt-deep"
-    # Restrict block-wise PEFT methods to the last k transformer blocks ("partial=k").
-    partial: int | None = None
-    vpt_tokens: int = 50
-    lora_rank: int = 8
-    lora_alpha: float = 1.0  # LoRA update scale = lora_alpha / lora_rank
-    adapter_dim: int = 8
-    adapter_scale: float = 0.1
-    adaptformer_dim: int = 64
-    adaptformer_scale: float = 0.1
-    # Head initialisation: "random", or "text" (CLIP text embeddings of text_template).
-    head_init: str = "random"
-    text_template: str = "a photo of a {}."
-    logit_scale: float = 1 / 0.07
-    # Input resolution; None = the backbone's own.
-    image_size: int | None = None
-    # Seed of random-initialised (pretrained: none) weights, so a run can be rebuilt.
-    init_seed: int = 0
-    cache_dir: str | None = None
+    backbone: str = opt("ViT-B-16", "open_clip name, timm:NAME, or a built-in (efficientnet-lite0, "
+                                    "tiny-vit, tiny-resnet)")
+    pretrained: str | None = opt("openai", "weights: an open_clip tag (openai), 'default' (timm), "
+                                           "a local file, or none (random)")
+    peft: str = opt("vpt-deep", "PEFT method(s), several joined by '+' (e.g. lora+vpt-deep)")
+    partial: int | None = opt(None, "restrict block-wise PEFT to the last k blocks", ge=1)
+    vpt_tokens: int = opt(50, "VPT prompt tokens per layer", ge=1)
+    lora_rank: int = opt(8, "LoRA rank r", ge=1)
+    lora_alpha: float = opt(1.0, "LoRA update scale = lora_alpha / lora_rank", gt=0)
+    adapter_dim: int = opt(8, "Adapter bottleneck width", ge=1)
+    adapter_scale: float = opt(0.1, "Adapter output scale")
+    adaptformer_dim: int = opt(64, "AdaptFormer bottleneck width", ge=1)
+    adaptformer_scale: float = opt(0.1, "AdaptFormer output scale")
+    head_init: str = opt("random", "cosine heads: random, or text (CLIP embeddings of text_template)",
+                         choices=("random", "text"))
+    text_template: str = opt("a photo of a {}.", "prompt for text-initialised heads and zero-shot")
+    logit_scale: float = opt(1 / 0.07, "initial scale s of the cosine heads", gt=0)
+    image_size: int | None = opt(None, "input resolution (None = the backbone's own)", ge=8)
+    quick_gelu: bool | str = opt("auto", "QuickGELU activation: auto (from the pretrained tag; "
+                                         "OpenAI weights need it), true, false",
+                                 choices=("auto", True, False))
+    init_seed: int = opt(0, "seed of randomly initialised (pretrained: none) weights", ge=0)
+    grad_checkpointing: bool = opt(False, "recompute block activations in the backward pass "
+                                          "(less memory, ~30 % more compute)")
+    cache_dir: str | None = opt(None, "where downloaded weights are cached (None = the default)")
 
 
 @dataclass
 class DataConfig:
     """Which dataset, how it is split into labeled / unlabeled, and how it is loaded."""
 
-    name: str = "cifar100"
-    root: str = "data"
-    labels_per_class: int | None = 4
-    # "random": seeded draw per class; "first": the first N per class (reference code).
-    split: str = "random"
-    unlabeled_includes_labeled: bool = True
-    # Long-tailed splits: n_k = n_max * ratio^(-k/(C-1)); 1 = balanced.
-    labeled_imbalance: float = 1.0
-    unlabeled_imbalance: float = 1.0
-    # Cap on the unlabeled pool / test set (None = all); handy for CPU runs.
-    max_unlabeled: int | None = None
-    max_test: int | None = None
-    download: bool = True
-    num_workers: int = 2
-    # Augment weak / strong views in batches on the training device (in-memory datasets).
-    gpu_augment: bool = False
-    # folder / csv datasets
-    labeled_dir: str | None = None
-    unlabeled_dir: str | None = None
-    test_dir: str | None = None
-    csv: str | None = None
-    test_csv: str | None = None
-    # semi-aves: add the out-of-distribution unlabeled pool
-    out_of_distribution: bool = False
-    # imagenet: labeled subset as a per-class fraction, or a list of file names
-    label_fraction: float | None = None
-    subset_file: str | None = None
-    # synthetic dataset
-    num_classes: int = 10
-    synthetic_size: int = 200
-    synthetic_test_size: int = 100
+    name: str = opt("cifar100", "dataset: cifar10, cifar100, food101, fashion-mnist, stl10, "
+                                "semi-aves, imagenet, folder, csv, synthetic")
+    root: str = opt("data", "where the dataset's files are (or are downloaded to)")
+    classes: list[str] | None = opt(None, "keep only these classes (names or indices), e.g. "
+                                          "[T-shirt/top, Shirt]")
+    labels_per_class: int | None = opt(4, "labeled images per class (None = every labeled image)",
+                                       ge=1)
+    split: str = opt("random", "labeled draw: random (seeded) or first (the first N, as the "
+                               "authors' code)", choices=("random", "first"))
+    unlabeled_includes_labeled: bool = opt(True, "the unlabeled pool also holds the labeled images")
+    labeled_imbalance: float = opt(1.0, "long tail of the labeled set: n_k = N r^(-k/(C-1)); 1 = "
+                                        "balanced", ge=1)
+    unlabeled_imbalance: float = opt(1.0, "long tail of the unlabeled pool, the same way", ge=1)
+    max_unlabeled: int | None = opt(None, "cap on the unlabeled pool (None = all)", ge=1)
+    max_test: int | None = opt(None, "cap on the test set (None = all)", ge=1)
+    download: bool = opt(True, "download missing datasets (where the dataset allows)")
+    num_workers: int = opt(2, "data-loading processes", ge=0)
+    gpu_augment: bool = opt(False, "augment raw batches on the training device (in-memory data)")
+    strong_augment: str = opt("reference", "strong views: reference (the authors' RandAugment, "
+                                           "2 of 14 ops, magnitudes 1-9, 16/224 Cutout) or wide",
+                              choices=("reference", "wide"))
+    labeled_dir: str | None = opt(None, "folder dataset: labeled_dir/<class>/* (default root/labeled)")
+    unlabeled_dir: str | None = opt(None, "folder dataset: unlabeled images (default root/unlabeled)")
+    test_dir: str | None = opt(None, "folder dataset: test_dir/<class>/* (default root/test)")
+    csv: str | None = opt(None, "csv dataset: training list, rows path,label (empty = unlabeled)")
+    test_csv: str | None = opt(None, "csv dataset: test list, rows path,label")
+    out_of_distribution: bool = opt(False, "semi-aves: add the out-of-distribution unlabeled pool")
+    label_fraction: float | None = opt(None, "imagenet: labeled fraction per class", gt=0, le=1)
+    subset_file: str | None = opt(None, "imagenet: file listing the labeled images (1percent.txt)")
+    num_classes: int = opt(10, "synthetic dataset: classes", ge=2)
+    synthetic_size: int = opt(200, "synthetic dataset: training images", ge=1)
+    synthetic_test_size: int = opt(100, "synthetic dataset: test images", ge=1)
 
 
 @dataclass
 class AlgorithmConfig:
     """The SSL algorithm and its hyper-parameters (FineSSL defaults from the paper)."""
 
-    name: str = "finessl"
-    # Confidence threshold for pseudo-labels (tau; the paper's framework uses 0.7).
-    threshold: float = 0.7
-    # Unlabeled batch = uratio * batch_size (mu).
-    uratio: int = 1
-    # Weight of the unlabeled loss (gamma / w_con; FineSSL 3, FixMatch 1).
-    unlabeled_weight: float | None = None  # None = the algorithm's own default
-    # Balanced margin softmax scale (alpha).
-    margin_alpha: float = 8.0
-    # Decoupled label smoothing (lambda) of the auxiliary head's targets.
-    smoothing: float = 0.5
-    # Minimum auxiliary confidence for an unlabeled sample to count (th_min).
-    aux_min_confidence: float = 0.0
-    # Strong views per unlabeled image (None = the algorithm's default; FineSSL 2).
-    strong_views: int | None = None
-    # FineSSL's parts as switches on any algorithm (None = the algorithm's default):
-    # balanced margin softmax, and decoupled label smoothing (auxiliary head).
-    bms: bool | None = None
-    bms_labeled: bool = True  # False: margins on the unlabeled loss only (ablation)
-    margin_fixed: bool = False  # True: margin scale = alpha, not alpha * (max beta - min beta)
-    dls: bool | None = None
-    aux_stop_gradient: bool = True  # False: ablation, the auxiliary losses reach the backbone
-    # How unlabeled samples are weighted in L_u: "algorithm" (its own mask / weights),
-    # "aux" (auxiliary-head confidence, FineSSL), "main" (main-head confidence).
-    weighting: str | None = None
-    # FlexMatch: warm-up that counts unused samples as a class.
-    flex_warmup: bool = True
-    # FreeMatch / SoftMatch / DebiasPL EMA momenta and parameters.
-    ema_momentum: float = 0.999
-    fairness_weight: float = 0.01  # FreeMatch lambda_f
-    softmatch_sigmas: float = 2.0  # SoftMatch n_sigma
-    debias_strength: float = 0.4  # DebiasPL tau
-    # SemiKD: the run directory of the (frozen) teacher
-    teacher: str | None = None
+    name: str = opt("finessl", "finessl, supervised, pseudolabel, fixmatch, flexmatch, freematch, "
+                               "softmatch, debiaspl, semikd")
+    threshold: float = opt(0.7, "confidence threshold tau for pseudo-labels (the paper's "
+                                "framework: 0.7)", gt=0, le=1)
+    uratio: int = opt(1, "unlabeled batch = uratio x batch_size (mu)", ge=1)
+    unlabeled_weight: float | None = opt(None, "weight gamma of the unlabeled loss (None = the "
+                                               "algorithm's: FineSSL 3, others 1)", ge=0)
+    unlabeled_warmup: float | None = opt(None, "fraction of training over which gamma ramps up "
+                                               "from 0 (None = Pseudo-Label 0.4, others 0)",
+                                         ge=0, le=1)
+    margin_alpha: float = opt(8.0, "balanced margin scale alpha", ge=0)
+    pace: str = opt("auto", "class pace behind the margins: reference (per-epoch counts), "
+                            "smoothed (running estimate), auto (smoothed below 10 classes)",
+                    choices=("reference", "smoothed", "auto"))
+    pace_momentum: float = opt(0.99, "smoothed pace: EMA momentum per step", ge=0, lt=1)
+    aux_weight: str = opt("auto", "L_u weights: confidence (c'), above_chance ((c' - 1/C) / "
+                                  "(1 - 1/C)), auto (above_chance below 10 classes)",
+                          choices=("confidence", "above_chance", "auto"))
+    smoothing: float = opt(0.5, "decoupled label smoothing lambda of the auxiliary targets",
+                           ge=0, lt=1)
+    aux_min_confidence: float = opt(0.0, "minimum auxiliary confidence th_min for L_u", ge=0, le=1)
+    strong_views: int | None = opt(None, "strong views per unlabeled image (None = the "
+                                         "algorithm's: FineSSL 2)", ge=0)
+    bms: bool | None = opt(None, "balanced margin softmax (None = the algorithm's default)")
+    bms_labeled: bool = opt(True, "margins on the labeled loss too (false: unlabeled only)")
+    margin_fixed: bool = opt(False, "margin scale alpha instead of alpha (max beta - min beta)")
+    dls: bool | None = opt(None, "auxiliary head with decoupled label smoothing (None = the "
+                                 "algorithm's default)")
+    aux_stop_gradient: bool = opt(True, "the auxiliary head sees stop-gradient features")
+    weighting: str | None = opt(None, "L_u weights: algorithm (its own mask), aux (auxiliary "
+                                      "confidence, FineSSL), main (main confidence)",
+                                choices=(None, "algorithm", "aux", "main"))
+    flex_warmup: bool = opt(True, "FlexMatch: the warm-up counts unused samples as a class")
+    ema_momentum: float = opt(0.999, "FreeMatch / SoftMatch / DebiasPL EMA momentum", ge=0, lt=1)
+    fairness_weight: float = opt(0.01, "FreeMatch fairness loss weight", ge=0)
+    softmatch_sigmas: float = opt(2.0, "SoftMatch n_sigma", gt=0)
+    debias_strength: float = opt(0.4, "DebiasPL tau", ge=0)
+    teacher: str | None = opt(None, "SemiKD: run directory of the trained teacher")
 
 
 @dataclass
 class TrainConfig:
     """Optimisation schedule and engine settings."""
 
-    steps: int = 15000
-    steps_per_epoch: int = 500
-    batch_size: int = 32
-    lr: float = 0.03
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    # "cosine": cosine annealing stepped once per epoch (reference); "constant".
-    schedule: str = "cosine"
-    # "auto" (fp16 on CUDA, fp32 on CPU), "fp32", "bf16", "fp16".
-    precision: str = "auto"
-    device: str = "auto"
-    eval_every: int | None = None  # steps; None = once per epoch
-    checkpoint_every: int | None = None  # steps; checkpoints are also written at every eval
-    eval_batch_size: int = 128
-    log_every: int = 50
-    tensorboard: bool = True  # event files in run_dir/tensorboard when tensorboard is installed
-    compile: bool = False  # torch.compile the model
-    channels_last: bool = True  # channels-last memory format for CNNs on CUDA
+    steps: int = opt(15000, "optimizer steps in all", ge=1)
+    steps_per_epoch: int = opt(500, "steps per epoch (the pace resets and the schedule steps "
+                                    "per epoch)", ge=1)
+    batch_size: int = opt(32, "labeled images per step (per process under torchrun)", ge=1)
+    accumulate: int = opt(1, "micro-batches per optimizer step (batch_size is split into them)",
+                          ge=1)
+    optimizer: str = opt("sgd", "sgd (the paper's) or adamw", choices=("sgd", "adamw"))
+    lr: float = opt(0.03, "learning rate", gt=0)
+    momentum: float = opt(0.9, "SGD momentum", ge=0, lt=1)
+    betas: list[float] = opt([0.9, 0.999], "AdamW betas")
+    eps: float = opt(1e-8, "AdamW epsilon", gt=0)
+    weight_decay: float = opt(5e-4, "weight decay", ge=0)
+    decay_all: bool | None = opt(None, "decay every parameter (None: sgd yes, as the paper; adamw "
+                                       "not biases, norms, scales, prompts)")
+    schedule: str = opt("cosine", "learning-rate schedule: cosine, linear or constant",
+                        choices=("cosine", "linear", "constant"))
+    schedule_unit: str = opt("epoch", "the schedule moves once per epoch (the reference) or per "
+                                      "step", choices=("epoch", "step"))
+    warmup_steps: int = opt(0, "linear warm-up of the learning rate over the first steps", ge=0)
+    precision: str = opt("auto", "auto (fp16 on CUDA, fp32 on CPU), fp32, bf16, fp16",
+                         choices=("auto", "fp32", "bf16", "fp16"))
+    device: str = opt("auto", "auto, cpu, cuda, cuda:N")
+    eval_every: int | None = opt(None, "evaluate every N steps (None = once per epoch)", ge=1)
+    checkpoint_every: int | None = opt(None, "also checkpoint every N steps", ge=1)
+    eval_batch_size: int = opt(128, "batch size of evaluation", ge=1)
+    log_every: int = opt(50, "write a metrics line every N steps", ge=1)
+    tensorboard: bool = opt(True, "TensorBoard event files in the run directory")
+    loggers: list[str] = opt([], "extra experiment trackers: csv, mlflow, wandb",
+                             choices=("csv", "mlflow", "wandb"))
+    compile: bool = opt(False, "torch.compile the model")
+    channels_last: bool = opt(True, "channels-last memory format for CNNs on CUDA")
 
 
 @dataclass
@@ -156,8 +188,8 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    seed: int = 0
-    description: str = ""
+    seed: int = opt(0, "seed of splits, initialisation, sampling and augmentation", ge=0)
+    description: str = opt("", "what this configuration is for")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -170,11 +202,11 @@ class Config:
 
 
 def config_from_dict(values: dict[str, Any]) -> Config:
-    """Builds a Config from a nested dict, rejecting unknown keys and wrong types."""
+    """Builds a Config from a nested dict, rejecting unknown keys, wrong types and values."""
     config = Config()
     for key, value in _flatten(values).items():
         set_value(config, key, value)
-    return config
+    return validate_config(config)
 
 
 def set_value(config: Config, dotted: str, value: Any) -> None:
@@ -191,7 +223,9 @@ def set_value(config: Config, dotted: str, value: Any) -> None:
             hint = typing.get_type_hints(type(target))[part]
             if dataclasses.is_dataclass(hint):
                 raise ConfigError(f"config key {dotted!r} is a section; set one of its keys")
-            setattr(target, part, _coerce(dotted, value, hint))
+            value = _coerce(dotted, value, hint)
+            check_value(dotted, value, _field(type(target), part).metadata)
+            setattr(target, part, value)
         else:
             target = getattr(target, part)
             if not dataclasses.is_dataclass(target):
@@ -201,19 +235,102 @@ def set_value(config: Config, dotted: str, value: Any) -> None:
 def apply_overrides(config: Config, overrides: dict[str, str]) -> Config:
     """Applies ``{"train.steps": "100"}``-style string overrides (YAML-parsed values)."""
     for key, raw in overrides.items():
-        set_value(config, key, yaml.safe_load(raw) if isinstance(raw, str) else raw)
+        if isinstance(raw, str):
+            try:
+                raw = yaml.safe_load(raw)
+            except yaml.YAMLError:
+                raise ConfigError(f"--{key}: {raw!r} is not a valid value") from None
+        set_value(config, key, raw)
+    return validate_config(config)
+
+
+def validate_config(config: Config) -> Config:
+    """Checks every value of a (possibly hand-edited) Config: types, ranges and choices,
+    and the rules that tie keys together. Raises ConfigError naming the key."""
+    for dotted, value, hint, meta in _walk(config):
+        check_value(dotted, _coerce(dotted, value, hint), meta)
+    if config.algorithm.teacher and config.algorithm.name != "semikd":
+        raise ConfigError("algorithm.teacher is only used by algorithm.name semikd")
     return config
+
+
+def check_value(dotted: str, value: Any, meta) -> None:
+    """One field's choices and numeric range (None passes where the type allows it)."""
+    choices = meta.get("choices")
+    if choices is not None and isinstance(value, list):
+        for item in value:
+            check_value(dotted, item, {"choices": choices})
+        return
+    if choices is not None and value not in choices:
+        shown = ", ".join("none" if c is None else str(c).lower() if isinstance(c, bool) else str(c)
+                          for c in choices)
+        raise ConfigError(f"config key {dotted!r} must be one of {shown}; got {value!r}")
+    if value is None or isinstance(value, (bool, str, list)):
+        return
+    for bound, test, word in (("ge", lambda v, b: v >= b, ">="), ("gt", lambda v, b: v > b, ">"),
+                              ("le", lambda v, b: v <= b, "<="), ("lt", lambda v, b: v < b, "<")):
+        limit = meta.get(bound)
+        if limit is not None and not test(value, limit):
+            raise ConfigError(f"config key {dotted!r} must be {word} {limit}; got {value!r}")
+
+
+def _field(cls, name: str) -> dataclasses.Field:
+    return next(f for f in dataclasses.fields(cls) if f.name == name)
+
+
+def _walk(obj: Any, prefix: str = ""):
+    """(dotted key, value, type hint, metadata) of every leaf field."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from _walk(value, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", value, hints[f.name], f.metadata
+
+
+def read_yaml(path: Path, text: str | None = None) -> Any:
+    """YAML from a file; a syntax error becomes one line with the file and line number."""
+    try:
+        return yaml.safe_load(text if text is not None else path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"{where}: malformed YAML ({problem})") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read {path}: {error}") from None
 
 
 def load_config(path: str | Path) -> Config:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
-    with path.open() as handle:
-        values = yaml.safe_load(handle) or {}
+    values = read_yaml(path) or {}
     if not isinstance(values, dict):
         raise ConfigError(f"{path} must hold a mapping of config sections")
     return config_from_dict(values)
+
+
+def describe(config: Config) -> str:
+    """The resolved configuration as YAML, each key followed by its one-line description."""
+    lines = []
+    for section in dataclasses.fields(config):
+        value = getattr(config, section.name)
+        if dataclasses.is_dataclass(value):
+            lines.append(f"{section.name}:  # {type(value).__doc__.splitlines()[0]}")
+            for f in dataclasses.fields(value):
+                lines.append(_described(f"  {f.name}", getattr(value, f.name), f.metadata))
+        else:
+            lines.append(_described(section.name, value, section.metadata))
+    return "\n".join(lines) + "\n"
+
+
+def _described(key: str, value: Any, meta) -> str:
+    text = yaml.safe_dump(value, default_flow_style=True, width=1000).strip()
+    text = text[:-4] if text.endswith("\n...") else text.removesuffix("...").strip()
+    doc = meta.get("doc", "")
+    return f"{key}: {text}" + (f"  # {doc}" if doc else "")
 
 
 # --------------------------------------------------------------------------- presets
@@ -227,8 +344,8 @@ def preset_names() -> list[str]:
 def load_preset(name: str) -> Config:
     if name not in preset_names():
         raise ConfigError(unknown_name_message("preset", name, preset_names()))
-    text = (resources.files("finessl") / "presets" / f"{name}.yaml").read_text()
-    return config_from_dict(yaml.safe_load(text) or {})
+    resource = resources.files("finessl") / "presets" / f"{name}.yaml"
+    return config_from_dict(read_yaml(Path(str(resource)), resource.read_text()) or {})
 
 
 # --------------------------------------------------------------------------- helpers
@@ -246,8 +363,28 @@ def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:
-    """Checks ``value`` against a field's annotation, converting int -> float where fitting."""
+    """Checks ``value`` against a field's annotation, converting int -> float where fitting.
+
+    Lists of strings take a YAML list or a comma-separated string."""
     options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    list_type = next((o for o in options if typing.get_origin(o) is list), None)
+    if list_type is not None and value is not None:
+        if isinstance(value, str) and value.lower() not in {"none", "null"}:
+            value = [part.strip() for part in value.split(",") if part.strip()]
+            if value and value[0].startswith("["):  # a YAML list given as one string
+                value = yaml.safe_load(",".join(value))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]  # one item
+        if isinstance(value, (list, tuple)):
+            item = typing.get_args(list_type)[0]
+            coerced = []
+            for i, v in enumerate(value):
+                if item is str and isinstance(v, int) and not isinstance(v, bool):
+                    v = str(v)  # class indices
+                elif item is not str and isinstance(v, str):
+                    v = yaml.safe_load(v)
+                coerced.append(_coerce(f"{key}[{i}]", v, item))
+            return coerced
     if value is None or (isinstance(value, str) and value.lower() in {"none", "null"}):
         if type(None) in options:
             return None

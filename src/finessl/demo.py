@@ -6,7 +6,6 @@ offline). Both runs share the ``demo`` preset's budget; only the algorithm diffe
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -19,17 +18,18 @@ ALGORITHMS = ("supervised", "finessl")
 
 def run_demo(output: Path, overrides: dict[str, str], progress) -> list[dict]:
     from finessl.run import train
+    from finessl.rundir import RunDir
 
     results = []
     for name in ALGORITHMS:
         config = apply_overrides(load_preset("demo"), {**overrides, "algorithm.name": name})
-        run_dir = output / name
-        final_file = run_dir / "final.json"
-        if final_file.is_file():
+        run = RunDir(output / name)
+        run_dir = run.path
+        if (run / RunDir.FINAL).is_file():
             log.info("%s already finished in %s; reusing it", name, run_dir)
-            final = json.loads(final_file.read_text())
+            final = run.read_final()
         else:
-            resume = (run_dir / "state.pt").is_file()
+            resume = (run / RunDir.STATE).is_file()
             final = train(config, run_dir, callbacks=[progress(config.train.log_every)],
                           resume=resume)
         results.append({"algorithm": name, "dir": str(run_dir), **final})

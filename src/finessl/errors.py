@@ -17,3 +17,7 @@ class DataError(FinesslError):
 
 class WeightsUnavailableError(FinesslError):
     """Pretrained weights could not be found or downloaded."""
+
+
+class TrainingInterrupted(FinesslError):
+    """SIGINT / SIGTERM arrived; the run was checkpointed and can be resumed."""

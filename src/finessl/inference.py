@@ -19,14 +19,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from finessl.config import Config, ModelConfig, load_config
+from finessl.config import Config, ModelConfig
 from finessl.data.augment import build_transforms
 from finessl.data.datasets import list_images, load_image
-from finessl.engine.checkpoint import load_adapter
-from finessl.engine.trainer import resolve_device
+from finessl.device import resolve_device
 from finessl.errors import DataError, FinesslError
 from finessl.models import build_backbone, build_model
 from finessl.models.backbone_base import Backbone, ModuleBackbone
+from finessl.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -102,27 +102,50 @@ class Predictor:
         return report
 
 
+# Metadata the adapter records and the rebuilt model must match (key, what it is).
+CHECKED_METADATA = (("backbone", "backbone"), ("pretrained", "pretrained weights"),
+                    ("activation", "activation"))
+
+
 def load(run_dir: str | Path, device: str = "auto", backbone: nn.Module | None = None) -> Predictor:
-    """Rebuilds a trained model from a run directory (base model + adapter weights)."""
-    run_dir = Path(run_dir)
-    adapter = run_dir / "adapter.safetensors"
-    if not adapter.is_file():
-        raise FinesslError(f"{run_dir} is not a finished run: {adapter.name} is missing")
-    config = load_config(run_dir / "config.yaml")
-    state, meta = load_adapter(adapter)
+    """Rebuilds a trained model from a run directory (base model + adapter weights).
+
+    The config, the adapter's metadata and the rebuilt frozen model must agree; a run whose
+    files were damaged or edited is an error naming what differs."""
+    run = RunDir(run_dir)
+    config = run.read_config()
+    state, meta = run.load_adapter()
     if meta.get("user_backbone") and backbone is None:
         raise FinesslError("this run used a user-supplied backbone; pass it to load(backbone=...)")
     if backbone is None:
         backbone = build_backbone(config.model)
+        for key, what in CHECKED_METADATA:
+            built = backbone.source.get(key)
+            if key in meta and built is not None and str(built) != str(meta[key]):
+                raise run.damaged(f"config.yaml builds {what} {built!r} but the adapter was trained "
+                                  f"with {meta[key]!r}")
     elif not isinstance(backbone, Backbone):
         backbone = ModuleBackbone(backbone, meta["num_features"], meta["image_size"],
                                   meta["mean"], meta["std"])
+    if backbone.num_features != meta["num_features"]:
+        raise run.damaged(f"the backbone gives {backbone.num_features} features, the adapter "
+                          f"expects {meta['num_features']}")
     # The heads come from the adapter file, so there is no need to embed class names again.
     model_config = dataclasses.replace(config.model, head_init="random")
-    model = build_model(model_config, len(meta["classes"]), backbone=backbone)
-    missing = set(model.trainable_state_dict()) - set(state)
-    if missing:
-        raise FinesslError(f"{adapter} does not match its config: missing {sorted(missing)[:3]}")
+    try:
+        model = build_model(model_config, len(meta["classes"]), backbone=backbone)
+    except FinesslError as error:
+        raise run.damaged(f"config.yaml does not build its model ({error})") from None
+    ours = model.trainable_state_dict()
+    if set(ours) != set(state) or any(ours[k].shape != state[k].shape for k in ours):
+        raise run.damaged("adapter.safetensors does not fit the model of config.yaml "
+                          "(another run's adapter, or an edited config)")
+    fingerprint = meta.get("frozen_fingerprint")
+    if fingerprint is not None and not meta.get("user_backbone"):
+        rebuilt = model.frozen_fingerprint()
+        if abs(rebuilt - fingerprint) > 1e-6 * max(1.0, abs(fingerprint)):
+            raise run.damaged("the frozen backbone rebuilt from config.yaml differs from the one "
+                              "trained (pretrained file or model.init_seed changed)")
     model.load_state_dict(state, strict=False)
     target = resolve_device(device)
     model.to(target).eval()

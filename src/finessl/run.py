@@ -1,9 +1,18 @@
-"""High-level API: train a run, load it back, evaluate it, predict with it."""
+"""High-level API: train a run, resume it, distill it, evaluate it.
+
+Training owns its run directory (``finessl.rundir``): a new run refuses a folder that holds
+an earlier run; ``resume`` continues only the run whose state is there, with only engine
+settings changed; everything is validated and built before the first file is written, and
+a lock keeps a second process out.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import random
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,27 +21,28 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from finessl import __version__
-from finessl.algorithms import algorithm_class, build_algorithm
-from finessl.config import Config, load_config, load_preset
+from finessl.builder import as_config, build_run, build_test_set, check_names
+from finessl.config import Config, apply_overrides
+from finessl.data.augment import Transforms
 from finessl.data.datasets import SourceData
-from finessl.data.ssl_data import SSLData, build_ssl_data
-from finessl.engine.checkpoint import load_state, write_json
-from finessl.engine.distributed import init_distributed
-from finessl.engine.trainer import (
-    Callback,
-    LogProgress,
-    TensorBoardLog,
-    Trainer,
-    autocast_for,
-    resolve_device,
-)
-from finessl.errors import ConfigError, FinesslError
+from finessl.device import autocast_for, resolve_device, resolve_precision
+from finessl.distributed import init_distributed
+from finessl.engine.callbacks import Callback, LogProgress, run_callbacks
+from finessl.engine.trainer import Trainer
+from finessl.errors import ConfigError, TrainingInterrupted
 from finessl.eval.metrics import classification_metrics, predict_logits
-from finessl.models import FinesslModel, build_backbone, build_model
-from finessl.models.backbone_base import Backbone, ModuleBackbone
+from finessl.models import build_backbone
+from finessl.rundir import RunDir, write_json
 
 log = logging.getLogger(__name__)
+
+# Keys a resumed run may change: where and how it runs, not what it learns.
+RESUMABLE_CHANGES = (
+    "train.steps", "train.eval_every", "train.checkpoint_every", "train.log_every",
+    "train.tensorboard", "train.loggers", "train.eval_batch_size", "train.device",
+    "train.compile", "data.num_workers", "data.root", "data.download", "model.cache_dir",
+    "description",
+)
 
 
 def seed_everything(seed: int) -> None:
@@ -41,28 +51,25 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _as_config(config: Config | str | Path | dict) -> Config:
-    if isinstance(config, Config):
-        return config
-    if isinstance(config, dict):
-        from finessl.config import config_from_dict
+def _flat(config: Config) -> dict:
+    def walk(values: dict, prefix: str = ""):
+        for key, value in values.items():
+            if isinstance(value, dict):
+                yield from walk(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", value
 
-        return config_from_dict(config)
-    path = Path(config)
-    return load_config(path) if path.suffix in (".yaml", ".yml") else load_preset(str(config))
+    return dict(walk(dataclasses.asdict(config)))
 
 
-def _wrap_backbone(backbone: nn.Module, sample: torch.Tensor | None) -> Backbone:
-    """Turns any ``images -> [N, D]`` module into a Backbone, probing D if needed."""
-    if isinstance(backbone, Backbone):
-        return backbone
-    dim = getattr(backbone, "num_features", None)
-    if dim is None:
-        if sample is None:
-            raise ConfigError("give the backbone a num_features attribute")
-        with torch.no_grad():
-            dim = backbone(sample.unsqueeze(0)).shape[-1]
-    return ModuleBackbone(backbone, int(dim))
+def check_resume_changes(saved: Config, config: Config, run: RunDir) -> None:
+    """A resumed run may change engine settings only; anything else would not fit its state."""
+    before, after = _flat(saved), _flat(config)
+    changed = [k for k in after if before.get(k) != after[k] and k not in RESUMABLE_CHANGES]
+    if changed:
+        key = changed[0]
+        raise ConfigError(f"--resume {run.path}: {key} cannot change on resume (was "
+                          f"{before.get(key)!r}, now {after[key]!r}); start a new run instead")
 
 
 def train(
@@ -71,7 +78,7 @@ def train(
     *,
     backbone: nn.Module | None = None,
     source: SourceData | None = None,
-    transforms=None,
+    transforms: Transforms | None = None,
     callbacks: Sequence[Callback] | None = None,
     resume: bool = False,
 ) -> dict:
@@ -80,70 +87,57 @@ def train(
     ``config``: a Config, a preset name, a YAML path or a nested dict. ``backbone``: any
     module mapping a batch to ``[N, D]`` features (defaults to ``config.model``).
     ``source``: your own images/labels (see ``SourceData``); ``transforms``: your own
-    ``Transforms`` (weak / strong / test), e.g. for non-image data.
+    ``Transforms`` (weak / strong / test), e.g. for non-image data. ``resume``: continue
+    the run in ``output`` from its last checkpoint.
     """
-    config = _as_config(config)
-    output = Path(output)
-    if resume and not (output / "state.pt").is_file():
-        raise FinesslError(f"nothing to resume: {output / 'state.pt'} does not exist")
-    if not resume and (output / "state.pt").is_file():
-        raise FinesslError(f"{output} already holds a run; use --resume or another --output")
-    dist = init_distributed(resolve_device(config.train.device).type)
-    dist.barrier()  # every process has checked the run directory before anything is written
-    if dist.is_main:
-        output.mkdir(parents=True, exist_ok=True)
-    seed_everything(config.seed)
-
-    user_backbone = backbone is not None
-    if backbone is None:
-        backbone = build_backbone(config.model)
-    image_size = getattr(backbone, "image_size", config.model.image_size or 224)
-    mean = getattr(backbone, "mean", (0.5, 0.5, 0.5))
-    std = getattr(backbone, "std", (0.5, 0.5, 0.5))
-    strong_views = algorithm_class(config.algorithm).strong_views(config.algorithm)
-    data = build_ssl_data(config.data, image_size, mean, std, config.seed, strong_views,
-                          source=source, transforms=transforms)
-    if user_backbone:
-        backbone = _wrap_backbone(backbone, data.test[0][0])
-    model = build_model(config.model, data.num_classes, backbone=backbone, classes=data.classes)
-    algorithm = build_algorithm(config.algorithm, data.num_classes, len(data.unlabeled))
-    if config.algorithm.teacher:
-        algorithm.teacher = _load_teacher(config.algorithm.teacher, data.classes, backbone)
-    if dist.is_main:
-        (output / "config.yaml").write_text(config.to_yaml())
-    metadata = run_metadata(config, model, data, user_backbone)
-    callbacks = list(callbacks) if callbacks is not None else [LogProgress(config.train.log_every)]
-    if config.train.tensorboard and dist.is_main:
-        callbacks.append(TensorBoardLog(output / "tensorboard"))
-    trainer = Trainer(config, model, algorithm, data, output, callbacks=callbacks,
-                      metadata=metadata, dist=dist)
+    config = as_config(config)
+    check_names(config)
+    run = RunDir(output)
     if resume:
-        trainer.load_state_dict(load_state(output / "state.pt"))
-        log.info("resuming %s from step %d", output, trainer.step)
-    log.info("training %s: %d labeled, %d unlabeled, %d test images, %d classes, "
-             "%d trainable parameters", config.algorithm.name, len(data.labeled),
-             len(data.unlabeled), len(data.test), data.num_classes,
-             model.num_trainable_parameters())
-    return trainer.fit()
+        run.check_can_resume()
+        check_resume_changes(run.read_config(), config, run)
+    else:
+        run.check_can_start()
+    dist = init_distributed(resolve_device(config.train.device).type)
+    seed_everything(config.seed)
+    teacher = _load_teacher(config) if config.algorithm.teacher else None
+    pieces = build_run(config, backbone=backbone, source=source, transforms=transforms, dist=dist,
+                       teacher=teacher)
+    shown = list(callbacks) if callbacks is not None else [LogProgress(config.train.log_every)]
+    trainer = Trainer(config, pieces.model, pieces.algorithm, pieces.data, run, metadata=pieces.metadata,
+                      dist=dist)
+    if resume:
+        trainer.load_state_dict(run.load_state())  # checked before anything is written
+    log.info("%s %s: %d labeled, %d unlabeled, %d test images, %d classes, %d trainable "
+             "parameters", "resuming" if resume else "training", config.algorithm.name,
+             len(pieces.data.labeled), len(pieces.data.unlabeled), len(pieces.data.test),
+             pieces.data.num_classes, pieces.model.num_trainable_parameters())
+    created = not run.path.exists()
+    dist.barrier()  # every process has validated before the main one writes
+    try:
+        with run.lock() if dist.is_main else contextlib.nullcontext():
+            if dist.is_main:
+                if resume:
+                    run.truncate_metrics(trainer.step)
+                else:
+                    run.check_can_start()  # again, now that we hold the lock
+                run.write_config(config)
+                shown += run_callbacks(run, config)
+            trainer.callbacks = shown
+            return trainer.fit()
+    except BaseException as error:
+        # A start that fails before the first checkpoint leaves no half-made run behind.
+        failed_start = not isinstance(error, TrainingInterrupted) and not (run / RunDir.STATE).exists()
+        if created and failed_start and dist.is_main and run.path.is_dir():
+            shutil.rmtree(run.path, ignore_errors=True)
+        raise
 
 
-def _load_teacher(run_dir: str, classes: list[str], student: Backbone):
-    from finessl.algorithms.semikd import Teacher
+def _load_teacher(config: Config):
+    """The trained run SemiKD distills from (frozen, on the CPU until the first step)."""
     from finessl.inference import load
 
-    teacher = load(run_dir, device="cpu")
-    if teacher.classes != list(classes):
-        raise ConfigError(f"the teacher in {run_dir} was trained on other classes than this data")
-    return Teacher(teacher.model, teacher.image_size, teacher.mean, teacher.std,
-                   student.mean, student.std)
-
-
-# The student of the paper's distillation: ImageNet-21k ViT-S/16 with VPT, SemiKD losses.
-DISTILL_DEFAULTS = {
-    "model.backbone": "timm:vit_small_patch16_224.augreg_in21k", "model.pretrained": "default",
-    "model.peft": "vpt-deep", "algorithm.name": "semikd", "algorithm.margin_alpha": "10",
-    "algorithm.uratio": "2", "algorithm.unlabeled_weight": "5", "algorithm.strong_views": "1",
-}
+    return load(config.algorithm.teacher, device="cpu")
 
 
 def distill(teacher_dir: str | Path, output: str | Path, config: Config | None = None,
@@ -154,46 +148,44 @@ def distill(teacher_dir: str | Path, output: str | Path, config: Config | None =
     Without ``config`` the teacher's own configuration is the base, with the paper's
     student (``DISTILL_DEFAULTS``); ``overrides`` apply last.
     """
-    from finessl.config import apply_overrides
-
     teacher_dir = Path(teacher_dir)
     if config is None:
-        config = apply_overrides(load_config(teacher_dir / "config.yaml"), DISTILL_DEFAULTS)
+        config = apply_overrides(RunDir(teacher_dir).read_config(), DISTILL_DEFAULTS)
     config = apply_overrides(config, {**(overrides or {}), "algorithm.teacher": str(teacher_dir)})
     return train(config, output, callbacks=callbacks, resume=resume)
 
 
-def run_metadata(config: Config, model: FinesslModel, data: SSLData, user_backbone: bool) -> dict:
-    backbone = model.backbone
-    return {
-        "format": "finessl-adapter-1",
-        "finessl_version": __version__,
-        "backbone": backbone.source.get("backbone", config.model.backbone),
-        "pretrained": backbone.source.get("pretrained", str(config.model.pretrained)),
-        "peft": config.model.peft,
-        "user_backbone": user_backbone,
-        "num_features": backbone.num_features,
-        "image_size": backbone.image_size,
-        "mean": list(backbone.mean),
-        "std": list(backbone.std),
-        "classes": data.classes,
-    }
+# The student of the paper's distillation: ImageNet-21k ViT-S/16 with VPT, SemiKD losses.
+DISTILL_DEFAULTS = {
+    "model.backbone": "timm:vit_small_patch16_224.augreg_in21k", "model.pretrained": "default",
+    "model.peft": "vpt-deep", "algorithm.name": "semikd", "algorithm.margin_alpha": "10",
+    "algorithm.uratio": "2", "algorithm.unlabeled_weight": "5", "algorithm.strong_views": "1",
+}
+
+
+def _write_or_show(path: Path, metrics: dict) -> Path | None:
+    """Writes ``metrics`` as JSON; an unwritable place is logged, the metrics are kept."""
+    try:
+        write_json(path, metrics)
+        return path
+    except OSError as error:
+        log.warning("could not write %s (%s); the metrics are only printed", path, error.strerror)
+        return None
 
 
 def evaluate(run_dir: str | Path, device: str = "auto") -> dict:
-    """Re-evaluates a run on its test set; writes ``eval.json`` next to it."""
+    """Re-evaluates a run on its test set with the run's precision; writes ``eval.json``."""
     from finessl.inference import load
 
-    run = load(run_dir, device)
-    cfg = run.config
-    data = build_ssl_data(cfg.data, run.metadata["image_size"], run.metadata["mean"],
-                          run.metadata["std"], cfg.seed, strong_views=1)
-    loader = DataLoader(data.test, batch_size=cfg.train.eval_batch_size,
-                        num_workers=cfg.data.num_workers)
-    precision = "fp32" if run.device.type == "cpu" else "fp16"
-    logits, labels = predict_logits(run.model, loader, run.device, autocast_for(precision, run.device))
+    predictor = load(run_dir, device)
+    cfg = predictor.config
+    _, test = build_test_set(cfg, predictor.model.backbone)
+    loader = DataLoader(test, batch_size=cfg.train.eval_batch_size, num_workers=cfg.data.num_workers)
+    precision = resolve_precision(cfg.train.precision, predictor.device)
+    logits, labels = predict_logits(predictor.model, loader, predictor.device,
+                                    autocast_for(precision, predictor.device))
     metrics = classification_metrics(logits, labels)
-    write_json(Path(run_dir) / "eval.json", metrics)
+    metrics["written_to"] = str(_write_or_show(RunDir(run_dir) / RunDir.EVAL, metrics))
     return metrics
 
 
@@ -202,16 +194,15 @@ def zeroshot(config: Config | str | Path | dict, device: str = "auto") -> dict:
     """CLIP zero-shot accuracy on the configured test set (no training): the lower baseline."""
     from finessl.models.zeroshot import zeroshot_logits
 
-    config = _as_config(config)
+    config = as_config(config)
     backbone = build_backbone(config.model).eval()
-    data = build_ssl_data(config.data, backbone.image_size, backbone.mean, backbone.std,
-                          config.seed, strong_views=1)
-    text = backbone.text.embed(data.classes, config.model.text_template) if backbone.text else None
-    if text is None:
+    classes, test = build_test_set(config, backbone)
+    if backbone.text is None:
         raise ConfigError("zero-shot classification needs an open_clip (CLIP) backbone")
+    text = backbone.text.embed(classes, config.model.text_template)
     target = resolve_device(device)
     backbone.to(target)
-    loader = DataLoader(data.test, batch_size=config.train.eval_batch_size,
+    loader = DataLoader(test, batch_size=config.train.eval_batch_size,
                         num_workers=config.data.num_workers)
     logits, labels = [], []
     for images, targets in loader:

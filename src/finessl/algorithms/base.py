@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from finessl.config import AlgorithmConfig
-from finessl.engine.distributed import DistEnv
+from finessl.distributed import DistEnv
 from finessl.registry import Registry
 
 
@@ -25,6 +25,20 @@ class Batch:
     # True labels of the unlabeled images when known (-1 otherwise): diagnostics only.
     unlabeled_labels: torch.Tensor | None = None
 
+    def split(self, parts: int) -> list[Batch]:
+        """``parts`` micro-batches, in order (gradient accumulation)."""
+        if parts == 1:
+            return [self]
+
+        def chunks(tensor):
+            return [None] * parts if tensor is None else list(tensor.chunk(parts))
+
+        strong = [chunks(view) for view in self.strong]
+        return [Batch(images, labels, index, weak, [view[i] for view in strong], truth)
+                for i, (images, labels, index, weak, truth) in enumerate(zip(
+                    chunks(self.images), chunks(self.labels), chunks(self.unlabeled_index),
+                    chunks(self.weak), chunks(self.unlabeled_labels)))]
+
 
 @dataclass
 class StepResult:
@@ -38,22 +52,28 @@ class Algorithm(nn.Module):
     """Base class. Subclasses own their state as buffers, so it is checkpointed with them.
 
     ``defaults`` holds the algorithm's own values for the config keys left at None
-    (``unlabeled_weight``, ``strong_views``, ``bms``, ``dls``, ``weighting``).
+    (``unlabeled_weight``, ``strong_views``, ``bms``, ``dls``, ``weighting``,
+    ``unlabeled_warmup``).
+
+    Collaborators come in the constructor: ``total_steps`` (the run's length, for
+    warm-ups), ``dist`` (under torchrun: state updates then see the global batch) and
+    algorithm-specific ones (SemiKD's ``teacher``).
     """
 
     name = "algorithm"
     uses_unlabeled = True
     defaults: dict = {"unlabeled_weight": 1.0, "strong_views": 1, "bms": False, "dls": False,
-                      "weighting": "algorithm"}
+                      "weighting": "algorithm", "unlabeled_warmup": 0.0}
 
-    def __init__(self, config: AlgorithmConfig, num_classes: int, num_unlabeled: int) -> None:
+    def __init__(self, config: AlgorithmConfig, num_classes: int, num_unlabeled: int, *,
+                 total_steps: int | None = None, dist: DistEnv | None = None) -> None:
         super().__init__()
         self.config = config
         self.num_classes = num_classes
         self.num_unlabeled = num_unlabeled
+        self.total_steps = total_steps
         self.unlabeled_weight = self.option(config, "unlabeled_weight")
-        # Set by the trainer under torchrun: state updates then see the global batch.
-        self.dist = DistEnv()
+        self.dist = dist or DistEnv()
 
     @classmethod
     def option(cls, config: AlgorithmConfig, key: str):
@@ -71,12 +91,18 @@ class Algorithm(nn.Module):
     def step(self, model: nn.Module, batch: Batch) -> StepResult:
         raise NotImplementedError
 
+    def diagnostics(self) -> dict | None:
+        """Statistics since the last call, logged at each evaluation (None: nothing to say)."""
+        return None
 
-ALGORITHMS: Registry[Callable[[AlgorithmConfig, int, int], Algorithm]] = Registry("algorithm")
+
+ALGORITHMS: Registry[Callable[..., Algorithm]] = Registry("algorithm")
 
 
-def build_algorithm(config: AlgorithmConfig, num_classes: int, num_unlabeled: int) -> Algorithm:
-    return ALGORITHMS.get(config.name)(config, num_classes, num_unlabeled)
+def build_algorithm(config: AlgorithmConfig, num_classes: int, num_unlabeled: int,
+                    **context) -> Algorithm:
+    """The configured algorithm; ``context``: ``total_steps``, ``dist``, ``teacher`` ..."""
+    return ALGORITHMS.get(config.name)(config, num_classes, num_unlabeled, **context)
 
 
 def algorithm_class(config: AlgorithmConfig) -> type[Algorithm]:

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from finessl.errors import ConfigError
+
 
 class ClassPace(nn.Module):
     """Which class each unlabeled sample was last confidently pseudo-labeled as.
@@ -37,6 +39,62 @@ class ClassPace(nn.Module):
 
     def update(self, indices: torch.Tensor, pseudo_labels: torch.Tensor, mask: torch.Tensor) -> None:
         self.selected[indices[mask]] = pseudo_labels[mask]
+
+
+class SmoothedPace(nn.Module):
+    """The class pace as a running estimate instead of per-epoch counts (few classes).
+
+    ``frequency`` is an EMA (``momentum`` per step) of the class distribution of the
+    confidently pseudo-labeled samples of each step, starting uniform; ``beta_k =
+    frequency_k / max_j frequency_j``. Nothing resets at epoch boundaries, so early, tiny
+    and noisy counts never drive the margins: they start at 0 (uniform estimate) and grow
+    only as a class imbalance persists over many steps.
+    """
+
+    def __init__(self, num_unlabeled: int, num_classes: int, momentum: float = 0.99) -> None:
+        super().__init__()
+        self.momentum = momentum
+        self.register_buffer("frequency", torch.full((num_classes,), 1.0 / num_classes))
+        self.register_buffer("beta", torch.ones(num_classes))
+
+    def reset(self) -> None:
+        """The estimate carries over epochs."""
+
+    def counts(self) -> torch.Tensor:
+        return self.frequency
+
+    def refresh(self) -> torch.Tensor:
+        self.beta.copy_(self.frequency / self.frequency.max())
+        return self.beta
+
+    def update(self, indices: torch.Tensor, pseudo_labels: torch.Tensor, mask: torch.Tensor) -> None:
+        if mask.any():
+            hist = torch.bincount(pseudo_labels[mask], minlength=self.frequency.numel()).float()
+            self.frequency.mul_(self.momentum).add_((1 - self.momentum) * hist / hist.sum())
+
+
+# Below this many classes the ``auto`` rules switch to their few-class forms (smoothed
+# pace, weights above chance); the paper's settings (10 to 1,000 classes) keep the reference.
+FEW_CLASSES_BELOW = 10
+PACES = ("reference", "smoothed", "auto")
+AUX_WEIGHTS = ("confidence", "above_chance", "auto")
+
+
+def resolve_auto(rule: str, choices: tuple[str, ...], few_class_form: str, num_classes: int,
+                 key: str) -> str:
+    if rule not in choices:
+        raise ConfigError(f"algorithm.{key} must be one of {', '.join(choices)}, got {rule!r}")
+    if rule != "auto":
+        return rule
+    return few_class_form if num_classes < FEW_CLASSES_BELOW else choices[0]
+
+
+def build_pace(rule: str, num_unlabeled: int, num_classes: int, momentum: float) -> nn.Module:
+    """The class pace of ``algorithm.pace``: reference (per-epoch counts), smoothed, auto."""
+    rule = resolve_auto(rule, PACES, "smoothed", num_classes, "pace")
+    if rule == "smoothed":
+        return SmoothedPace(num_unlabeled, num_classes, momentum)
+    return ClassPace(num_unlabeled, num_classes)
 
 
 def balanced_margins(beta: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -85,7 +143,16 @@ def decoupled_smoothing_losses(labeled_aux: torch.Tensor, labels: torch.Tensor,
     return loss_x_aux, loss_u_aux
 
 
-def aux_weights(aux_logits: torch.Tensor, min_confidence: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Auxiliary confidence ``c'`` of each sample and its L_u weight ``c' [c' >= th_min]``."""
+def aux_weights(aux_logits: torch.Tensor, min_confidence: float,
+                above_chance: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Auxiliary confidence ``c'`` of each sample and its L_u weight ``c' [c' >= th_min]``.
+
+    ``above_chance`` weights by how far ``c'`` is above chance instead,
+    ``(c' - 1/C) / (1 - 1/C)``: with few classes ``c'`` never falls below ``1/C`` (0.5 for
+    two), so plain ``c'`` gives every unsure sample a large weight."""
     confidence = aux_logits.detach().softmax(dim=-1).max(dim=-1).values
-    return confidence, confidence * (confidence >= min_confidence).float()
+    weight = confidence
+    if above_chance:
+        chance = 1.0 / aux_logits.shape[-1]
+        weight = ((confidence - chance) / (1.0 - chance)).clamp(min=0.0)
+    return confidence, weight * (confidence >= min_confidence).float()

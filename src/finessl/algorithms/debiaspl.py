@@ -19,8 +19,9 @@ from finessl.config import AlgorithmConfig
 class DebiasPL(PseudoLabeling):
     name = "debiaspl"
 
-    def __init__(self, config: AlgorithmConfig, num_classes: int, num_unlabeled: int) -> None:
-        super().__init__(config, num_classes, num_unlabeled)
+    def __init__(self, config: AlgorithmConfig, num_classes: int, num_unlabeled: int,
+                 **context) -> None:
+        super().__init__(config, num_classes, num_unlabeled, **context)
         self.register_buffer("p_hat", torch.full((num_classes,), 1.0 / num_classes))
 
     def adjust_probs(self, probs: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:

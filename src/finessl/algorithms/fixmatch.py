@@ -15,11 +15,13 @@ class FixMatch(PseudoLabeling):
 
 @ALGORITHMS.register("pseudolabel")
 class PseudoLabel(PseudoLabeling):
-    """Trains on its own confident predictions for the (weakly augmented) image itself."""
+    """Trains on its own confident predictions for the (weakly augmented) image itself; the
+    unlabeled weight ramps up from 0 over the first 40 % of training (USB's recipe)."""
 
     name = "pseudolabel"
     weak_grad = True
-    defaults = {**PseudoLabeling.defaults, "strong_views": 0}
+    train_on_weak = True
+    defaults = {**PseudoLabeling.defaults, "strong_views": 0, "unlabeled_warmup": 0.4}
 
 
 @ALGORITHMS.register("finessl")
@@ -27,7 +29,7 @@ class FineSSL(PseudoLabeling):
     """FineSSL (Gan & Wei, ICML 2024) = FixMatch + balanced margin softmax + decoupled label
     smoothing, with every unlabeled sample weighted by the auxiliary head's confidence.
 
-    The spec's section 3, step by step: beta from the class pace; margins
+    docs/method.md, step by step: beta from the class pace; margins
     ``Delta_k = alpha (max beta - min beta) (1 - beta_k) / (1 + beta_k)``;
     ``L_x = CE_BMS(h(z_x), y)``, ``L_x' = CE(h'(sg z_x), y)``; pseudo-labels and ``c`` from
     the main head on the weak view, ``c'`` from the auxiliary head;
@@ -37,5 +39,5 @@ class FineSSL(PseudoLabeling):
     """
 
     name = "finessl"
-    defaults = {"unlabeled_weight": 3.0, "strong_views": 2, "bms": True, "dls": True,
-                "weighting": "aux"}
+    defaults = {**PseudoLabeling.defaults, "unlabeled_weight": 3.0, "strong_views": 2,
+                "bms": True, "dls": True, "weighting": "aux"}

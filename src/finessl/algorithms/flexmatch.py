@@ -19,8 +19,9 @@ from finessl.config import AlgorithmConfig
 class FlexMatch(PseudoLabeling):
     name = "flexmatch"
 
-    def __init__(self, config: AlgorithmConfig, num_classes: int, num_unlabeled: int) -> None:
-        super().__init__(config, num_classes, num_unlabeled)
+    def __init__(self, config: AlgorithmConfig, num_classes: int, num_unlabeled: int,
+                 **context) -> None:
+        super().__init__(config, num_classes, num_unlabeled, **context)
         self.register_buffer("selected_label", torch.full((num_unlabeled,), -1, dtype=torch.long))
         self.register_buffer("classwise_acc", torch.zeros(num_classes))
 

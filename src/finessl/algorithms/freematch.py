@@ -29,8 +29,9 @@ def _safe_reciprocal(x: torch.Tensor) -> torch.Tensor:
 class FreeMatch(PseudoLabeling):
     name = "freematch"
 
-    def __init__(self, config: AlgorithmConfig, num_classes: int, num_unlabeled: int) -> None:
-        super().__init__(config, num_classes, num_unlabeled)
+    def __init__(self, config: AlgorithmConfig, num_classes: int, num_unlabeled: int,
+                 **context) -> None:
+        super().__init__(config, num_classes, num_unlabeled, **context)
         uniform = torch.full((num_classes,), 1.0 / num_classes)
         self.register_buffer("time_p", torch.tensor(1.0 / num_classes))
         self.register_buffer("p_model", uniform.clone())
@@ -47,7 +48,8 @@ class FreeMatch(PseudoLabeling):
         selected = confidence >= self.time_p * local[pseudo]
         return selected.float(), selected
 
-    def extra_losses(self, strong_logits, weight, selected):
+    def extra_losses(self, out, batch, weight, selected):
+        strong_logits = out.weak if self.train_on_weak else out.strong
         views = strong_logits.shape[0] // selected.shape[0]
         passing = selected.repeat(views)
         if not passing.any():

@@ -9,7 +9,11 @@ pieces its paper changes:
 * ``mask``           per-sample weight and "selected" flag (FixMatch threshold, FlexMatch
                      curriculum thresholds, FreeMatch self-adaptive, SoftMatch Gaussian);
 * ``adjust_strong``  the strong-view logits inside the loss (DebiasPL's adaptive margin);
-* ``extra_losses``   further terms (FreeMatch's fairness loss).
+* ``after_forward``  state that must see this step's logits before any loss (SemiKD's
+                     adaptive balance);
+* ``extra_losses``   further terms (FreeMatch's fairness loss, SemiKD's distillation);
+* ``combine``        how the terms add up to the loss (default: ``L_x + L_x' + gamma L_u
+                     + L_u'`` plus extras, gamma ramped up over ``unlabeled_warmup``).
 
 FineSSL's parts, usable on all of them: ``bms`` (balanced margin softmax from the class
 pace of selected pseudo-labels) and ``dls`` (auxiliary head on stop-gradient features
@@ -26,15 +30,18 @@ from finessl.algorithms.base import (
     Algorithm,
     Batch,
     StepResult,
+    ViewLogits,
     forward_views,
     pseudo_label_accuracy,
 )
 from finessl.algorithms.components import (
-    ClassPace,
+    AUX_WEIGHTS,
     aux_weights,
     balanced_margins,
+    build_pace,
     decoupled_smoothing_losses,
     margin_cross_entropy,
+    resolve_auto,
 )
 from finessl.config import AlgorithmConfig
 from finessl.errors import ConfigError
@@ -45,19 +52,27 @@ WEIGHTINGS = ("algorithm", "aux", "main")
 class PseudoLabeling(Algorithm):
     """FixMatch-style step; subclasses override the hooks above."""
 
-    weak_grad = False  # Pseudo-Label trains on the weak view itself
+    weak_grad = False  # forward the weak view with gradients (Pseudo-Label, SemiKD)
+    train_on_weak = False  # the pseudo-label loss is on the weak view itself (Pseudo-Label)
 
-    def __init__(self, config: AlgorithmConfig, num_classes: int, num_unlabeled: int) -> None:
-        super().__init__(config, num_classes, num_unlabeled)
+    def __init__(self, config: AlgorithmConfig, num_classes: int, num_unlabeled: int,
+                 **context) -> None:
+        super().__init__(config, num_classes, num_unlabeled, **context)
         self.bms = self.option(config, "bms")
         self.dls = self.option(config, "dls")
         self.weighting = self.option(config, "weighting")
+        self.warmup = self.option(config, "unlabeled_warmup")
         if self.weighting not in WEIGHTINGS:
             raise ConfigError(f"algorithm.weighting must be one of {', '.join(WEIGHTINGS)}")
         if self.weighting == "aux" and not self.dls:
             raise ConfigError("algorithm.weighting 'aux' needs the auxiliary head (algorithm.dls true)")
+        if self.warmup > 0 and not self.total_steps:
+            raise ConfigError("algorithm.unlabeled_warmup needs the number of training steps")
+        self.above_chance = resolve_auto(config.aux_weight, AUX_WEIGHTS, "above_chance",
+                                         num_classes, "aux_weight") == "above_chance"
         if self.bms:
-            self.pace = ClassPace(num_unlabeled, num_classes)
+            self.pace = build_pace(config.pace, num_unlabeled, num_classes, config.pace_momentum)
+        self.register_buffer("steps", torch.tensor(0))  # steps taken, for warm-ups
         # Pseudo-label diagnostics since the last report (not checkpointed).
         for name in ("diag_selected", "diag_correct", "diag_known"):
             self.register_buffer(name, torch.zeros(num_classes), persistent=False)
@@ -76,9 +91,23 @@ class PseudoLabeling(Algorithm):
     def adjust_strong(self, logits: torch.Tensor) -> torch.Tensor:
         return logits
 
-    def extra_losses(self, strong_logits: torch.Tensor, weight: torch.Tensor,
+    def after_forward(self, out: ViewLogits, batch: Batch) -> None:
+        """Called once the views are forwarded, before margins and losses."""
+
+    def extra_losses(self, out: ViewLogits, batch: Batch, weight: torch.Tensor,
                      selected: torch.Tensor) -> dict[str, torch.Tensor]:
         return {}
+
+    def unlabeled_ramp(self) -> float:
+        """Weight of L_u at this step: 0 -> 1 linearly over ``unlabeled_warmup`` of training."""
+        if self.warmup <= 0:
+            return 1.0
+        return min(1.0, int(self.steps) / (self.warmup * self.total_steps))
+
+    def combine(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``sum of terms``, with ``loss_u`` weighted by gamma (times the warm-up ramp)."""
+        gamma = self.unlabeled_weight * self.unlabeled_ramp()
+        return sum(value if key != "loss_u" else gamma * value for key, value in terms.items())
 
     # ------------------------------------------------------------------ FineSSL parts
 
@@ -86,13 +115,16 @@ class PseudoLabeling(Algorithm):
         if self.bms:
             self.pace.reset()
 
+    def margin_alpha(self) -> float:
+        return self.config.margin_alpha
+
     def margins(self) -> torch.Tensor | None:
         if not self.bms:
             return None
         beta = self.pace.refresh()
         if self.config.margin_fixed:
-            return self.config.margin_alpha * (1 - beta) / (1 + beta)
-        return balanced_margins(beta, self.config.margin_alpha)
+            return self.margin_alpha() * (1 - beta) / (1 + beta)
+        return balanced_margins(beta, self.margin_alpha())
 
     # ------------------------------------------------------------------ diagnostics
 
@@ -135,9 +167,10 @@ class PseudoLabeling(Algorithm):
 
     def step(self, model: nn.Module, batch: Batch) -> StepResult:
         cfg = self.config
-        margins = self.margins()
         out = forward_views(model, batch, weak_grad=self.weak_grad, aux=self.dls,
                             aux_stop_gradient=cfg.aux_stop_gradient)
+        self.after_forward(out, batch)
+        margins = self.margins()
         loss_x = margin_cross_entropy(out.labeled, batch.labels,
                                       margins if cfg.bms_labeled else None).mean()
         with torch.no_grad():
@@ -156,13 +189,14 @@ class PseudoLabeling(Algorithm):
             confidence, pseudo = probs.max(dim=-1)
 
         # Pseudo-Label trains on the weak view itself; the others on their strong views.
-        strong, strong_aux = (out.weak, out.weak_aux) if self.weak_grad else (out.strong, out.strong_aux)
+        strong, strong_aux = (out.weak, out.weak_aux) if self.train_on_weak else (out.strong, out.strong_aux)
         views = strong.shape[0] // pseudo.shape[0]
         terms: dict[str, torch.Tensor] = {"loss_x": loss_x}
         logs: dict[str, float] = {}
         aux_confidence = None
         if self.dls:
-            aux_confidence, aux_weight = aux_weights(out.weak_aux, cfg.aux_min_confidence)
+            aux_confidence, aux_weight = aux_weights(out.weak_aux, cfg.aux_min_confidence,
+                                                     self.above_chance)
             terms["loss_x_aux"], terms["loss_u_aux"] = decoupled_smoothing_losses(
                 out.labeled_aux, batch.labels, strong_aux, pseudo, selected, cfg.smoothing)
             logs["aux_conf"] = aux_confidence.mean().item()
@@ -174,10 +208,9 @@ class PseudoLabeling(Algorithm):
 
         per_sample = margin_cross_entropy(self.adjust_strong(strong), pseudo.repeat(views), margins)
         terms["loss_u"] = (weight.repeat(views) * per_sample).mean()
-        terms.update(self.extra_losses(strong, weight, selected))
-
-        loss = sum(value if key != "loss_u" else self.unlabeled_weight * value
-                   for key, value in terms.items())
+        terms.update(self.extra_losses(out, batch, weight, selected))
+        loss = self.combine(terms)
+        self.steps += 1
         logs.update({key: value.item() for key, value in terms.items()})
         logs.update({"loss": loss.item(), "mask": selected.float().mean().item(),
                      "weight": weight.mean().item(), "conf": confidence.mean().item()})

@@ -1,14 +1,18 @@
-"""SemiKD: distilling a FineSSL-tuned teacher into a smaller student (spec section 5).
+"""SemiKD: distilling a FineSSL-tuned teacher into a smaller student, as the authors run it.
 
-The student trains its own FineSSL losses and learns from the frozen teacher's soft
-predictions on the weak view; an adaptive balance ``a`` (start 0.5) shifts weight from
-distillation to self-training as the student's weak -> strong consistency approaches the
-teacher's::
+The student is trained by the shared pseudo-labeling step (its own FineSSL losses: balanced
+margins, auxiliary head, confidence weighting) plus distillation from the frozen teacher on
+the weak view: its main head from the teacher's main head, its auxiliary head from the
+teacher's auxiliary head (soft targets, T = 1). An adaptive balance ``a`` (start 0.5) shifts
+weight from distillation to self-training::
 
     L = L_x + L_x' + gamma [(1 - a)(KD_main + KD_aux) + a (L_u + L_u')]
 
-Every ``balance_every`` steps: ``r = CE_teacher(weak -> strong) / CE_student(weak -> strong)``
-and ``a <- clip(0.99 a + 0.01 r a, 0, 1)``. The balanced-margin scale is ``alpha * a``.
+with the balanced-margin scale ``alpha * a``. Every ``balance_every`` steps (step 0
+included), after the forward and before the loss, ``a <- clip(0.99 a + 0.01 r a, 0, 1)``
+where ``r = CE_teacher / CE_student``: each model's cross-entropy of its strong-view logits
+against its own weak-view arg-max, averaged over the steps since the last update
+(this step included).
 """
 
 from __future__ import annotations
@@ -17,15 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from finessl.algorithms.base import ALGORITHMS, Algorithm, Batch, StepResult, forward_views
-from finessl.algorithms.components import (
-    ClassPace,
-    aux_weights,
-    balanced_margins,
-    decoupled_smoothing_losses,
-    margin_cross_entropy,
-    soft_cross_entropy,
-)
+from finessl.algorithms.base import ALGORITHMS, Batch, ViewLogits
+from finessl.algorithms.components import soft_cross_entropy
+from finessl.algorithms.pseudo_labeling import PseudoLabeling
 from finessl.config import AlgorithmConfig
 from finessl.errors import ConfigError
 
@@ -33,8 +31,8 @@ from finessl.errors import ConfigError
 class Teacher:
     """A frozen trained model, fed the student's images re-normalised for it.
 
-    Deliberately not an ``nn.Module`` attribute of the algorithm: the teacher is not part
-    of the student's checkpoint.
+    Returns the teacher's main and auxiliary logits. Deliberately not an ``nn.Module``
+    attribute of the algorithm: the teacher is not part of the student's checkpoint.
     """
 
     def __init__(self, model: nn.Module, teacher_size: int, teacher_mean, teacher_std,
@@ -46,14 +44,14 @@ class Teacher:
                       torch.tensor(teacher_std)).view(1, 3, 1, 1)
 
     @torch.no_grad()
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if next(self.model.parameters()).device != images.device:
             self.model.to(images.device)
         x = images * self.scale.to(images) + self.shift.to(images)
         if x.shape[-1] != self.size:
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
-        return self.model(x).float()
-
+        main, aux = self.model(x, aux=True)
+        return main.float(), aux.float()
 
 
 def updated_balance(balance: float, ratio: float) -> float:
@@ -61,62 +59,65 @@ def updated_balance(balance: float, ratio: float) -> float:
     return min(max(0.99 * balance + 0.01 * ratio * balance, 0.0), 1.0)
 
 
+def own_label_cross_entropy(strong_logits: torch.Tensor, weak_logits: torch.Tensor) -> torch.Tensor:
+    """Per-sample CE of the strong-view logits against the weak view's arg-max."""
+    return F.cross_entropy(strong_logits.float(), weak_logits.argmax(dim=-1), reduction="none")
+
+
 @ALGORITHMS.register("semikd")
-class SemiKD(Algorithm):
+class SemiKD(PseudoLabeling):
     name = "semikd"
-    defaults = {"unlabeled_weight": 5.0, "strong_views": 1, "bms": True, "dls": True,
-                "weighting": "aux"}
+    weak_grad = True  # distillation trains the student's weak-view logits
+    defaults = {**PseudoLabeling.defaults, "unlabeled_weight": 5.0, "strong_views": 1,
+                "bms": True, "dls": True, "weighting": "aux"}
     balance_every = 10
 
-    def __init__(self, config: AlgorithmConfig, num_classes: int, num_unlabeled: int) -> None:
-        super().__init__(config, num_classes, num_unlabeled)
-        self.pace = ClassPace(num_unlabeled, num_classes)
-        self.register_buffer("balance", torch.tensor(0.5))
-        self.register_buffer("steps", torch.tensor(0))
-        self.teacher: Teacher | None = None
-
-    def on_epoch_start(self, epoch: int) -> None:
-        self.pace.reset()
-
-    def step(self, model: nn.Module, batch: Batch) -> StepResult:
-        if self.teacher is None:
+    def __init__(self, config: AlgorithmConfig, num_classes: int, num_unlabeled: int, *,
+                 teacher: Teacher | None = None, **context) -> None:
+        super().__init__(config, num_classes, num_unlabeled, **context)
+        if teacher is None:
             raise ConfigError("semikd needs a teacher: use 'finessl distill --teacher RUN_DIR'")
-        cfg = self.config
-        a = self.balance.item()
-        margins = balanced_margins(self.pace.refresh(), cfg.margin_alpha * a)
-        out = forward_views(model, batch, weak_grad=True, aux=True,
-                            aux_stop_gradient=cfg.aux_stop_gradient)
-        teacher_weak = self.teacher(batch.weak)
-        teacher_strong = self.teacher(batch.strong[0])
-        target = teacher_weak.softmax(dim=-1)
+        self.teacher = teacher
+        self.register_buffer("balance", torch.tensor(0.5))
+        # Since the last balance update: sum of teacher CE, sum of student CE, samples.
+        self.register_buffer("ratio_sums", torch.zeros(3, dtype=torch.float64))
+        self._teacher_weak: tuple[torch.Tensor, torch.Tensor] | None = None
 
-        loss_x = margin_cross_entropy(out.labeled, batch.labels, margins).mean()
-        kd = soft_cross_entropy(out.weak, target).mean()
-        kd_aux = soft_cross_entropy(out.weak_aux, target).mean()
+    def margin_alpha(self) -> float:
+        return self.config.margin_alpha * self.balance.item()
 
+    def after_forward(self, out: ViewLogits, batch: Batch) -> None:
+        self._teacher_weak = self.teacher(batch.weak)
+        teacher_strong, _ = self.teacher(batch.strong[0])
         with torch.no_grad():
-            student_probs = out.weak.detach().softmax(dim=-1)
-            confidence, pseudo = student_probs.max(dim=-1)
-            aux_confidence, weight = aux_weights(out.weak_aux, cfg.aux_min_confidence)
-            selected = confidence >= cfg.threshold
-        loss_u = (weight * margin_cross_entropy(out.strong, pseudo, margins)).mean()
-        loss_x_aux, loss_u_aux = decoupled_smoothing_losses(
-            out.labeled_aux, batch.labels, out.strong_aux, pseudo, selected, cfg.smoothing)
-        self.pace.update(batch.unlabeled_index, pseudo, selected)
+            n = batch.weak.shape[0]
+            teacher_ce = own_label_cross_entropy(teacher_strong, self._teacher_weak[0])
+            student_ce = own_label_cross_entropy(out.strong[:n].detach(), out.weak.detach())
+            teacher_ce, student_ce = self.dist.gather(teacher_ce), self.dist.gather(student_ce)
+            self.ratio_sums += torch.stack([teacher_ce.sum(), student_ce.sum(),
+                                            torch.tensor(float(teacher_ce.numel()))]).to(self.ratio_sums)
+            if int(self.steps) % self.balance_every == 0:
+                teacher_sum, student_sum, _ = self.ratio_sums.tolist()
+                ratio = teacher_sum / max(student_sum, 1e-8)
+                self.balance.fill_(updated_balance(self.balance.item(), ratio))
+                self.ratio_sums.zero_()
 
-        self.steps += 1
-        if int(self.steps) % self.balance_every == 0:
-            with torch.no_grad():
-                teacher_ce = soft_cross_entropy(teacher_strong, target).mean()
-                student_ce = soft_cross_entropy(out.strong.detach(), student_probs).mean()
-                ratio = (teacher_ce / student_ce.clamp(min=1e-8)).item()
-            self.balance.fill_(updated_balance(a, ratio))
+    def extra_losses(self, out: ViewLogits, batch: Batch, weight: torch.Tensor,
+                     selected: torch.Tensor) -> dict[str, torch.Tensor]:
+        teacher_main, teacher_aux = self._teacher_weak
+        terms = {"kd": soft_cross_entropy(out.weak, teacher_main.softmax(dim=-1)).mean()}
+        if self.dls:
+            terms["kd_aux"] = soft_cross_entropy(out.weak_aux, teacher_aux.softmax(dim=-1)).mean()
+        return terms
 
-        gamma = self.unlabeled_weight
-        loss = loss_x + loss_x_aux + gamma * ((1 - a) * (kd + kd_aux) + a * (loss_u + loss_u_aux))
-        terms = {"loss_x": loss_x, "loss_x_aux": loss_x_aux, "kd": kd, "kd_aux": kd_aux,
-                 "loss_u": loss_u, "loss_u_aux": loss_u_aux}
-        logs = {key: value.item() for key, value in terms.items()}
-        logs.update({"loss": loss.item(), "balance": a, "mask": selected.float().mean().item(),
-                     "conf": confidence.mean().item(), "aux_conf": aux_confidence.mean().item()})
-        return StepResult(loss, logs, terms)
+    def combine(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        a = self.balance.item()
+        distill = sum(terms[k] for k in ("kd", "kd_aux") if k in terms)
+        own = sum(terms[k] for k in ("loss_u", "loss_u_aux") if k in terms)
+        labeled = sum(terms[k] for k in ("loss_x", "loss_x_aux") if k in terms)
+        return labeled + self.unlabeled_weight * ((1 - a) * distill + a * own)
+
+    def step(self, model: nn.Module, batch: Batch):
+        result = super().step(model, batch)
+        result.logs["balance"] = self.balance.item()
+        return result

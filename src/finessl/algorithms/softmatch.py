@@ -1,10 +1,11 @@
 """SoftMatch (Chen et al., ICLR 2023): truncated-Gaussian weights and uniform alignment.
 
-Uniform alignment: ``p <- SumNorm(p * (1/C) / p_model)`` where ``p_model`` is an EMA
-(momentum m, initialised to 1/C) of the batch-mean weak-view probabilities, updated
-before aligning. Weights from the aligned confidence ``c``: EMAs ``mu_t``, ``var_t``
-(unbiased) of ``c`` (initialised to 1/C and 1), updated before weighting;
-``w = exp(-(min(c - mu_t, 0))^2 / (2 var_t / n_sigma^2))``.
+As USB's SoftMatch runs it: pseudo-labels come from the *raw* weak-view probabilities;
+uniform alignment shapes only the weights. Alignment: ``p~ = SumNorm(p / p_model)`` where
+``p_model`` is the first batch's mean weak-view probability, then an EMA (momentum m) of
+the batch means, updated before aligning. Weights from the aligned confidence ``c``: EMAs
+``mu_t``, ``var_t`` (unbiased) of ``c`` (initialised to 1/C and 1), updated before
+weighting; ``w = exp(-(min(c - mu_t, 0))^2 / (2 var_t / n_sigma^2))``.
 """
 
 from __future__ import annotations
@@ -20,21 +21,29 @@ from finessl.config import AlgorithmConfig
 class SoftMatch(PseudoLabeling):
     name = "softmatch"
 
-    def __init__(self, config: AlgorithmConfig, num_classes: int, num_unlabeled: int) -> None:
-        super().__init__(config, num_classes, num_unlabeled)
+    def __init__(self, config: AlgorithmConfig, num_classes: int, num_unlabeled: int,
+                 **context) -> None:
+        super().__init__(config, num_classes, num_unlabeled, **context)
         self.register_buffer("p_model", torch.full((num_classes,), 1.0 / num_classes))
+        self.register_buffer("p_model_started", torch.tensor(False))
         self.register_buffer("mu", torch.tensor(1.0 / num_classes))
         self.register_buffer("var", torch.tensor(1.0))
 
-    def adjust_probs(self, probs: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        m = self.config.ema_momentum
-        self.p_model.mul_(m).add_((1 - m) * probs.mean(dim=0))
-        aligned = probs * (1.0 / self.num_classes) / self.p_model
+    def align(self, probs: torch.Tensor) -> torch.Tensor:
+        """Uniform alignment; updates ``p_model`` from this batch first."""
+        batch_mean = probs.mean(dim=0)
+        if bool(self.p_model_started):
+            m = self.config.ema_momentum
+            self.p_model.mul_(m).add_((1 - m) * batch_mean)
+        else:
+            self.p_model.copy_(batch_mean)
+            self.p_model_started.fill_(True)
+        aligned = probs / self.p_model
         return aligned / aligned.sum(dim=-1, keepdim=True)
 
     def mask(self, probs: torch.Tensor, batch: Batch):
         m = self.config.ema_momentum
-        confidence = probs.max(dim=-1).values
+        confidence = self.align(probs).max(dim=-1).values
         self.mu.mul_(m).add_((1 - m) * confidence.mean())
         if confidence.numel() > 1:
             self.var.mul_(m).add_((1 - m) * confidence.var(unbiased=True))

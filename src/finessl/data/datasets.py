@@ -9,7 +9,9 @@ from __future__ import annotations
 import csv
 import gzip
 import logging
+import os
 import shutil
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +27,6 @@ from finessl.registry import Registry
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
-DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
 @dataclass
@@ -45,17 +46,98 @@ DATASETS: Registry[Callable[[DataConfig, int], SourceData]] = Registry("dataset"
 
 
 def load_source(config: DataConfig, seed: int) -> SourceData:
-    return DATASETS.get(config.name)(config, seed)
+    source = DATASETS.get(config.name)(config, seed)
+    return select_classes(source, config.classes) if config.classes else source
+
+
+class Relabeled(Dataset):
+    """Items ``indices`` of a dataset with labels renumbered by ``mapping`` (-1 stays -1)."""
+
+    def __init__(self, dataset: Dataset, indices: np.ndarray, mapping: dict[int, int]) -> None:
+        self.dataset, self.indices, self.mapping = dataset, np.asarray(indices), mapping
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int):
+        image, label = self.dataset[int(self.indices[index])]
+        return image, self.mapping.get(int(label), -1)
+
+
+def dataset_targets(dataset: Dataset) -> np.ndarray:
+    """Labels of a dataset without decoding its images where it keeps them as a list."""
+    for attribute in ("targets", "_labels", "labels"):
+        values = getattr(dataset, attribute, None)
+        if values is not None and len(values) == len(dataset):
+            return np.asarray(values, dtype=np.int64)
+    return np.asarray([int(dataset[i][1]) for i in range(len(dataset))], dtype=np.int64)
+
+
+def select_classes(source: SourceData, wanted: Sequence[str]) -> SourceData:
+    """Keeps only the classes ``wanted`` (names, or indices into the class list), numbered
+    in the given order. Images without a label (-1) stay in the unlabeled pool."""
+    chosen = []
+    for item in wanted:
+        item = str(item).strip()
+        if item in source.classes:
+            chosen.append(source.classes.index(item))
+        elif item.isdigit() and int(item) < len(source.classes):
+            chosen.append(int(item))
+        else:
+            raise DataError(f"data.classes: no class {item!r}; the classes are "
+                            f"{', '.join(source.classes[:40])}{' ...' if len(source.classes) > 40 else ''}")
+    if len(set(chosen)) != len(chosen):
+        raise DataError("data.classes lists a class twice")
+    if len(chosen) < 2:
+        raise DataError("data.classes must keep at least two classes")
+    mapping = {old: new for new, old in enumerate(chosen)}
+    train_keep = np.flatnonzero(np.isin(source.train_targets, chosen) | (source.train_targets < 0))
+    test_targets = dataset_targets(source.test)
+    test_keep = np.flatnonzero(np.isin(test_targets, chosen))
+    targets = np.asarray([mapping.get(int(t), -1) for t in source.train_targets[train_keep]])
+    return SourceData([source.classes[k] for k in chosen], Relabeled(source.train, train_keep, mapping),
+                      targets, Relabeled(source.test, test_keep, mapping), source.labels_given)
+
+
+def _open(path: str | Path) -> Image.Image:
+    """Opens an image file; a missing, unreadable or oversized one is a DataError."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(path)
+    except FileNotFoundError as error:
+        raise DataError(f"image {str(path)!r} does not exist") from error
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise DataError(f"image {str(path)!r} is too large to decode safely ({error})") from error
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise DataError(f"image {str(path)!r} is not a readable image ({error})") from error
+
+
+def probe_image(path: str | Path) -> None:
+    """Checks that a file opens as an image (header only; cheap)."""
+    _open(path).close()
+
+
+def _to_rgb8(image: Image.Image) -> Image.Image:
+    """RGB with 8 bits per channel; 16- and 32-bit grayscale is scaled, not clipped."""
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        pixels = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or pixels.max() <= 65535 else pixels.max()
+        if image.mode == "F":
+            top = max(1.0, float(pixels.max()))
+        scaled = np.clip(pixels / top * 255.0, 0, 255).round().astype(np.uint8)
+        image = Image.fromarray(scaled, "L")
+    return image.convert("RGB")
 
 
 def load_image(path: str | Path) -> Image.Image:
-    """Opens an image as RGB, with a clear error naming a missing or corrupt file."""
+    """Opens an image as 8-bit RGB, with a clear error naming a missing or corrupt file."""
+    image = _open(path)
     try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except FileNotFoundError as error:
-        raise DataError(f"image {str(path)!r} does not exist") from error
-    except (UnidentifiedImageError, OSError) as error:
+        with image:
+            image.load()
+            return _to_rgb8(image)
+    except (OSError, ValueError, SyntaxError) as error:
         raise DataError(f"image {str(path)!r} is not a readable image ({error})") from error
 
 
@@ -97,7 +179,10 @@ def _class_folders(root: Path, what: str, classes: list[str] | None = None):
         raise DataError(f"{what} folder {str(root)!r} has classes not in training: {unknown}")
     paths, targets = [], []
     for k, name in enumerate(classes):
-        images = list_images(root / name) if (root / name).is_dir() else []
+        folder = root / name
+        if folder.is_dir() and not os.access(folder, os.R_OK | os.X_OK):
+            raise DataError(f"class folder {str(folder)!r} cannot be read (permissions)")
+        images = list_images(folder) if folder.is_dir() else []
         if not images and what == "labeled":
             raise DataError(f"class folder {str(root / name)!r} has no images; add some or remove it")
         paths += images
@@ -138,16 +223,26 @@ def _read_csv(path: Path, classes: list[str] | None = None):
     if not path.is_file():
         raise DataError(f"CSV list {str(path)!r} does not exist")
     rows = []
-    with path.open(newline="") as handle:
-        for row in csv.reader(handle):
-            if not row or row[0].strip().lower() in ("path", "image", "file", "filename"):
-                continue
-            label = row[1].strip() if len(row) > 1 else ""
-            image = Path(row[0].strip())
-            rows.append((image if image.is_absolute() else path.parent / image, label))
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:  # a BOM is dropped
+            for row in csv.reader(handle):
+                if not row or row[0].strip().lower() in ("path", "image", "file", "filename"):
+                    continue
+                label = row[1].strip() if len(row) > 1 else ""
+                image = Path(row[0].strip())
+                rows.append((image if image.is_absolute() else path.parent / image, label))
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise DataError(f"CSV list {str(path)!r} is not a readable UTF-8 CSV ({error})") from None
     if not rows:
         raise DataError(f"CSV list {str(path)!r} has no rows")
-    names = classes or sorted({label for _, label in rows if label})
+    found = sorted({label for _, label in rows if label})
+    folded: dict[str, str] = {}
+    for label in found:
+        other = folded.setdefault(label.casefold(), label)
+        if other != label:
+            raise DataError(f"CSV list {str(path)!r} has labels {other!r} and {label!r}, which "
+                            "differ only in case; use one spelling")
+    names = classes or found
     if not names:
         raise DataError(f"CSV list {str(path)!r} has no labeled rows")
     index = {name: k for k, name in enumerate(names)}
@@ -205,13 +300,15 @@ def fashion_mnist(config: DataConfig, seed: int) -> SourceData:
     """torchvision's FashionMNIST; uses the Debian package's files when present (offline)."""
     import torchvision
 
+    from finessl.data import fetch
+
     raw = Path(config.root) / "FashionMNIST" / "raw"
-    if DEBIAN_FASHION_MNIST.is_dir() and not any(raw.glob("*-ubyte")):
+    if fetch.debian_present() and not any(raw.glob("*-ubyte")):
         raw.mkdir(parents=True, exist_ok=True)
-        for archive in DEBIAN_FASHION_MNIST.glob("*-ubyte.gz"):
+        for archive in fetch.DEBIAN_FASHION_MNIST.glob("*-ubyte.gz"):
             with gzip.open(archive, "rb") as src, open(raw / archive.stem, "wb") as dst:
                 shutil.copyfileobj(src, dst)
-        log.info("using Fashion-MNIST from %s", DEBIAN_FASHION_MNIST)
+        log.info("using Fashion-MNIST from %s", fetch.DEBIAN_FASHION_MNIST)
     try:
         train = torchvision.datasets.FashionMNIST(config.root, train=True, download=config.download)
         test = torchvision.datasets.FashionMNIST(config.root, train=False, download=config.download)

@@ -1,4 +1,9 @@
-"""Labeled / unlabeled / test views of a source, with the augmentations applied."""
+"""Labeled / unlabeled / test views of a source, with the augmentations applied.
+
+An unreadable image in the unlabeled pool does not stop a long run: it is replaced by the
+next readable one, counted (``skipped``) and reported once per worker. An unreadable
+labeled or test image is an error before training starts.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,8 @@ from torch.utils.data import Dataset
 
 from finessl.config import DataConfig
 from finessl.data.augment import Transforms, build_transforms, raw_transform
-from finessl.data.datasets import SourceData, load_source
+from finessl.data.datasets import SourceData, load_source, probe_image
+from finessl.data.gpu_augment import BatchAugment
 from finessl.data.splits import split_labeled_unlabeled
 from finessl.errors import DataError
 
@@ -32,23 +38,45 @@ class LabeledView(Dataset):
 
 
 class UnlabeledView(Dataset):
-    """``(index, weak, strong_1, ..., strong_n, true label or -1)`` per unlabeled image.
+    """``{index, weak, strong: [views], label, skipped}`` per unlabeled image.
 
     ``index`` is the position in the unlabeled set, so algorithms can keep per-sample
-    state (FineSSL's class pace); the true label is only used for diagnostics.
+    state (FineSSL's class pace); the true label (-1 if unknown) is only used for
+    diagnostics. An unreadable image is replaced by the next readable one (``skipped`` 1).
     """
 
     def __init__(self, source: Dataset, indices: np.ndarray, weak, strong, strong_views: int):
         self.source, self.indices = source, np.asarray(indices)
         self.weak, self.strong, self.strong_views = weak, strong, strong_views
+        self.reported: set[int] = set()
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, index: int):
-        image, label = self.source[int(self.indices[index])]
-        strong = [self.strong(image) for _ in range(self.strong_views)]
-        return (index, self.weak(image), *strong, label)
+        for offset in range(min(len(self), 64)):
+            position = (index + offset) % len(self)
+            try:
+                image, label = self.source[int(self.indices[position])]
+            except DataError as error:
+                if position not in self.reported:
+                    self.reported.add(position)
+                    log.warning("skipping an unreadable unlabeled image: %s", error)
+                continue
+            strong = [self.strong(image) for _ in range(self.strong_views)]  # drawn first
+            return {"index": position, "weak": self.weak(image), "strong": strong,
+                    "label": label, "skipped": int(offset > 0)}
+        raise DataError("64 unlabeled images in a row could not be read; check the unlabeled pool")
+
+
+@dataclass
+class DeviceViews:
+    """``data.gpu_augment``: the loaders return raw uint8 images and these make the weak and
+    ``strong_views`` strong views in batches on the training device."""
+
+    weak: BatchAugment
+    strong: BatchAugment
+    strong_views: int
 
 
 @dataclass
@@ -60,13 +88,14 @@ class SSLData:
     transforms: Transforms
     labeled_indices: np.ndarray
     unlabeled_indices: np.ndarray
+    device_views: DeviceViews | None = None
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
 
-def _cap(indices: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
+def cap_indices(indices: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
     if limit is None or len(indices) <= limit:
         return indices
     return np.sort(np.random.default_rng(seed).choice(indices, size=limit, replace=False))
@@ -81,14 +110,19 @@ def build_ssl_data(
     strong_views: int = 2,
     source: SourceData | None = None,
     transforms: Transforms | None = None,
+    check_files: bool = True,
 ) -> SSLData:
-    """Loads the source, splits it and wraps it in augmenting views."""
+    """Loads the source, splits it and wraps it in augmenting views; with ``check_files``,
+    every labeled and test image file is opened once first."""
     source = source if source is not None else load_source(config, seed)
-    transforms = transforms or build_transforms(image_size, mean, std)
-    train_transforms = transforms
+    transforms = transforms or build_transforms(image_size, mean, std, config.strong_augment)
+    train_transforms, device_views = transforms, None
     if config.gpu_augment:  # the trainer augments raw uint8 batches on its device
         raw = raw_transform()
         train_transforms = Transforms(weak=raw, strong=raw, test=transforms.test)
+        device_views = DeviceViews(BatchAugment(image_size, mean, std, strong=False),
+                                   BatchAugment(image_size, mean, std, strong=True,
+                                                recipe=config.strong_augment), strong_views)
         strong_views = 0
     num_classes = len(source.classes)
     labels_per_class = config.labels_per_class
@@ -107,10 +141,13 @@ def build_ssl_data(
         labeled_imbalance=config.labeled_imbalance,
         unlabeled_imbalance=config.unlabeled_imbalance,
     )
-    unlabeled = _cap(unlabeled, config.max_unlabeled, seed)
+    unlabeled = cap_indices(unlabeled, config.max_unlabeled, seed)
     if len(unlabeled) == 0:
         raise DataError("the unlabeled set is empty; add unlabeled images or keep the labeled ones in it")
-    test_indices = _cap(np.arange(len(source.test)), config.max_test, seed + 1)
+    test_indices = cap_indices(np.arange(len(source.test)), config.max_test, seed + 1)
+    if check_files:
+        check_readable(source.train, labeled, "labeled")
+        check_readable(source.test, test_indices, "test")
     return SSLData(
         classes=list(source.classes),
         labeled=LabeledView(source.train, labeled, train_transforms.weak),
@@ -120,5 +157,22 @@ def build_ssl_data(
         transforms=transforms,
         labeled_indices=labeled,
         unlabeled_indices=unlabeled,
+        device_views=device_views,
     )
+
+
+def check_readable(dataset: Dataset, indices: np.ndarray, what: str) -> None:
+    """Opens every labeled / test image file once (headers only) before training starts."""
+    paths = getattr(dataset, "paths", None)
+    if paths is None:
+        return
+    bad = []
+    for i in indices:
+        try:
+            probe_image(paths[int(i)])
+        except DataError as error:
+            bad.append(str(error))
+    if bad:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise DataError(f"{len(bad)} {what} image(s) cannot be read: {bad[0]}{more}")
 

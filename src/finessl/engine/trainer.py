@@ -1,27 +1,21 @@
-"""The training loop: epochs of steps, evaluation, logs and checkpoints in a run directory.
+"""The training loop: epochs of steps, evaluation and checkpoints.
 
-Run directory (written by the main process only):
-  config.yaml          resolved configuration
-  metrics.jsonl        one JSON object per line ("kind": "train" or "eval")
-  tensorboard/         the same scalars as TensorBoard event files (if tensorboard is installed)
-  adapter.safetensors  trainable weights only, with metadata naming the backbone
-  state.pt             optimizer / schedule / algorithm state / RNG to resume from
-  test_predictions.safetensors  test-set logits and labels of the latest evaluation
-  final.json           final metrics, steps, seconds, trainable parameters
+The trainer only trains. Where the run's files go is ``finessl.rundir``; what is reported
+and to whom, ``callbacks``; device and precision, ``device``; optimizer and schedule,
+``optim``. A step is ``train.accumulate`` micro-batches (the batch split in order) whose
+gradients add up before one optimizer step.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import random
 import signal
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,53 +24,17 @@ from torch.utils.data import DataLoader, Subset
 
 from finessl.algorithms import Algorithm, Batch
 from finessl.config import Config, TrainConfig
-from finessl.data.gpu_augment import BatchAugment
 from finessl.data.ssl_data import SSLData
-from finessl.engine.checkpoint import save_adapter, save_predictions, save_state, write_json
-from finessl.engine.distributed import DistEnv
+from finessl.device import autocast_for, resolve_device, resolve_precision
+from finessl.distributed import DistEnv
+from finessl.engine.callbacks import Callback
+from finessl.engine.optim import build_optimizer, build_scheduler
 from finessl.engine.sampling import EpochSampler, SeededItems
-from finessl.errors import ConfigError, FinesslError
+from finessl.errors import ConfigError, TrainingInterrupted
 from finessl.eval.metrics import classification_metrics, predict_logits
+from finessl.rundir import RunDir, RunDirError
 
 log = logging.getLogger(__name__)
-
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-class TrainingInterrupted(FinesslError):
-    """SIGINT / SIGTERM arrived; the run was checkpointed and can be resumed."""
-
-
-# --------------------------------------------------------------------------- device & precision
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("train.device is 'cuda' but no CUDA device is available")
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
-    return device
-
-
-def resolve_precision(name: str, device: torch.device) -> str:
-    if name == "auto":
-        return "fp16" if device.type == "cuda" else "fp32"
-    if name not in PRECISIONS:
-        raise ConfigError(f"train.precision must be one of auto, {', '.join(PRECISIONS)}")
-    if name == "fp16" and device.type != "cuda":
-        raise ConfigError("fp16 needs CUDA; use train.precision bf16 on the CPU")
-    return name
-
-
-def autocast_for(precision: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
-    dtype = PRECISIONS[precision]
-    if dtype is None:
-        return contextlib.nullcontext
-    return lambda: torch.autocast(device.type, dtype=dtype)
 
 
 def make_loader(dataset, batch_size: int, steps: int, seed: int, workers: int,
@@ -90,69 +48,6 @@ def make_loader(dataset, batch_size: int, steps: int, seed: int, workers: int,
         drop_last=True,
         persistent_workers=workers > 0,
     )
-
-
-# --------------------------------------------------------------------------- callbacks
-
-
-class Callback:
-    """Hooks the application uses to show progress; the library itself only logs."""
-
-    def on_train_start(self, total_steps: int, start_step: int) -> None: ...
-    def on_step(self, step: int, logs: dict[str, float]) -> None: ...
-    def on_eval(self, step: int, metrics: dict) -> None: ...
-    def on_train_end(self, final: dict) -> None: ...
-
-
-SHOWN_LOGS = ("loss", "mask", "pl_acc", "lr")
-
-
-class LogProgress(Callback):
-    """Plain log lines every ``every`` steps (for files and non-terminals)."""
-
-    def __init__(self, every: int = 50) -> None:
-        self.every, self.total, self.start = every, 0, time.time()
-
-    def on_train_start(self, total_steps: int, start_step: int) -> None:
-        self.total, self.start = total_steps, time.time()
-
-    def on_step(self, step: int, logs: dict[str, float]) -> None:
-        if step % self.every == 0 or step == self.total:
-            shown = " ".join(f"{k}={v:.4g}" for k, v in logs.items() if k in SHOWN_LOGS)
-            log.info("step %d/%d %s (%.1fs)", step, self.total, shown, time.time() - self.start)
-
-    def on_eval(self, step: int, metrics: dict) -> None:
-        log.info("eval step %d: top1 %.2f balanced %.2f ece %.4f", step, metrics["top1"],
-                 metrics["balanced_acc"], metrics["ece"])
-
-
-class TensorBoardLog(Callback):
-    """Scalars to ``run_dir/tensorboard`` (skipped, with one log line, without tensorboard)."""
-
-    def __init__(self, folder: Path) -> None:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            log.info("tensorboard is not installed; no event files are written")
-            self.writer = None
-            return
-        self.writer = SummaryWriter(str(folder))
-
-    def on_step(self, step: int, logs: dict[str, float]) -> None:
-        if self.writer is not None:
-            for key, value in logs.items():
-                self.writer.add_scalar(f"train/{key}", value, step)
-
-    def on_eval(self, step: int, metrics: dict) -> None:
-        if self.writer is not None:
-            for key in ("top1", "balanced_acc", "ece", "nll", "top5"):
-                if key in metrics:
-                    self.writer.add_scalar(f"eval/{key}", metrics[key], step)
-            self.writer.flush()
-
-    def on_train_end(self, final: dict) -> None:
-        if self.writer is not None:
-            self.writer.close()
 
 
 @contextlib.contextmanager
@@ -172,24 +67,33 @@ def stop_signals() -> Iterator[list[int]]:
             signal.signal(sig, handler)
 
 
-# --------------------------------------------------------------------------- trainer
+def _mean_logs(parts: list[dict[str, float]]) -> dict[str, float]:
+    keys = {k for part in parts for k in part}
+    return {k: sum(p[k] for p in parts if k in p) / sum(1 for p in parts if k in p) for k in keys}
 
 
 @dataclass
 class Trainer:
-    """Runs ``config.train.steps`` steps of ``algorithm`` on ``model`` over ``data``."""
+    """Runs ``config.train.steps`` steps of ``algorithm`` on ``model`` over ``data``.
+
+    ``run``: where checkpoints, predictions and final metrics go (None: nowhere, e.g. for
+    timing). Only the main process writes and calls ``callbacks``.
+    """
 
     config: Config
     model: nn.Module
     algorithm: Algorithm
     data: SSLData
-    output: Path
+    run: RunDir | None = None
     callbacks: Sequence[Callback] = field(default_factory=list)
     metadata: dict = field(default_factory=dict)
     dist: DistEnv = field(default_factory=DistEnv)
 
     def __post_init__(self) -> None:
         cfg: TrainConfig = self.config.train
+        if cfg.batch_size % cfg.accumulate:
+            raise ConfigError(f"train.batch_size {cfg.batch_size} must be a multiple of "
+                              f"train.accumulate {cfg.accumulate}")
         self.device = resolve_device(cfg.device, self.dist.local_rank)
         self.precision = resolve_precision(cfg.precision, self.device)
         self.autocast = autocast_for(self.precision, self.device)
@@ -197,17 +101,12 @@ class Trainer:
         if cfg.channels_last and self.device.type == "cuda" and not self.model.backbone.is_vit:
             self.model.to(memory_format=torch.channels_last)
         self.algorithm.to(self.device)
-        self.algorithm.dist = self.dist
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        if not params:
-            raise ConfigError("nothing to train: the model has no trainable parameters")
-        self.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
-                                         weight_decay=cfg.weight_decay)
-        self.epochs = math.ceil(cfg.steps / cfg.steps_per_epoch)
-        self.scheduler = self._schedule(cfg)
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.scheduler = build_scheduler(self.optimizer, cfg)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
         self.step = 0
         self.seconds = 0.0
+        self.skipped_images = 0
         self.last_metrics: dict | None = None
         self.net = self.model
         if self.dist.enabled:  # the standard engine; unused = heads an algorithm leaves alone
@@ -223,22 +122,17 @@ class Trainer:
             self.unlabeled_loader = make_loader(
                 self.data.unlabeled, cfg.batch_size * self.config.algorithm.uratio,
                 cfg.steps_per_epoch, seed + 1, workers, self.device, self.dist)
-        self.gpu_augment = None
-        if self.config.data.gpu_augment:
-            backbone = self.model.backbone
-            args = (backbone.image_size, backbone.mean, backbone.std)
-            self.gpu_augment = (BatchAugment(*args, strong=False), BatchAugment(*args, strong=True))
-            self.strong_views = type(self.algorithm).strong_views(self.config.algorithm)
         shard = list(range(self.dist.rank, len(self.data.test), self.dist.world_size))
         self.test_loader = DataLoader(Subset(self.data.test, shard), batch_size=cfg.eval_batch_size,
                                       num_workers=workers, pin_memory=self.device.type == "cuda")
 
-    def _schedule(self, cfg: TrainConfig):
-        if cfg.schedule == "cosine":  # stepped once per epoch, as in the reference
-            return torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=self.epochs)
-        if cfg.schedule == "constant":
-            return torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda _: 1.0)
-        raise ConfigError(f"train.schedule must be 'cosine' or 'constant', got {cfg.schedule!r}")
+    @property
+    def images_per_step(self) -> int:
+        """Images forwarded per optimizer step, over all processes."""
+        batch = self.config.train.batch_size
+        unlabeled = batch * self.config.algorithm.uratio if self.algorithm.uses_unlabeled else 0
+        views = 1 + type(self.algorithm).strong_views(self.config.algorithm)
+        return (batch + unlabeled * views) * self.dist.world_size
 
     # ------------------------------------------------------------------ state
 
@@ -246,6 +140,7 @@ class Trainer:
         return {
             "step": self.step,
             "seconds": self.seconds,
+            "skipped_images": self.skipped_images,
             "model": self.model.trainable_state_dict(),
             "algorithm": self.algorithm.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -256,29 +151,38 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.step, self.seconds = state["step"], state["seconds"]
-        missing = set(self.model.trainable_state_dict()) - set(state["model"])
-        if missing:
-            raise ConfigError(f"checkpoint lacks trainable weights: {sorted(missing)[:5]}")
-        self.model.load_state_dict(state["model"], strict=False)
-        self.algorithm.load_state_dict(state["algorithm"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(state["rng"]["numpy"])
-        random.setstate(state["rng"]["python"])
+        """Restores a checkpoint; a state that does not fit this run is an error naming it."""
+        where = self.run.path if self.run is not None else "the checkpoint"
+        ours = self.model.trainable_state_dict()
+        theirs = state.get("model", {})
+        if set(ours) != set(theirs) or any(ours[k].shape != theirs[k].shape for k in ours):
+            raise RunDirError(f"run {where} is damaged: its training state does not fit the "
+                              "model of its config.yaml (another run's state, or an edited config)")
+        try:
+            self.model.load_state_dict(theirs, strict=False)
+            self.algorithm.load_state_dict(state["algorithm"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+            torch.set_rng_state(state["rng"]["torch"])
+            np.random.set_state(state["rng"]["numpy"])
+            random.setstate(state["rng"]["python"])
+        except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as error:
+            raise RunDirError(f"run {where} is damaged: its training state does not load "
+                              f"({str(error).splitlines()[0][:160]})") from None
+        self.step, self.seconds = int(state["step"]), float(state["seconds"])
+        self.skipped_images = int(state.get("skipped_images", 0))
 
     def save(self) -> None:
-        if self.dist.is_main:
-            save_adapter(self.output / "adapter.safetensors", self.model.trainable_state_dict(),
-                         self.metadata)
-            save_state(self.output / "state.pt", self.state_dict())
+        if self.run is not None and self.dist.is_main:
+            self.run.save_adapter(self.model.trainable_state_dict(), self.metadata)
+            self.run.save_state(self.state_dict())
         self.dist.barrier()
 
-    # ------------------------------------------------------------------ loop
+    # ------------------------------------------------------------------ data
 
-    def _batches(self, epoch: int, start: int) -> Iterator[Batch]:
+    def batches(self, epoch: int, start: int) -> Iterator[Batch]:
+        """The batches of one epoch from step ``start`` on, on the device."""
         self.labeled_loader.sampler.set_epoch(epoch, start)
         labeled = iter(self.labeled_loader)
         unlabeled = None
@@ -286,88 +190,94 @@ class Trainer:
             self.unlabeled_loader.sampler.set_epoch(epoch, start)
             unlabeled = iter(self.unlabeled_loader)
         first = epoch * self.config.train.steps_per_epoch + start
+        views = self.data.device_views
         for step, (images, labels) in enumerate(labeled, start=first):
-            augment = self._device_augment(step)
-            batch = Batch(augment(images, False), labels.to(self.device))
+            generator = self._generator(step) if views is not None else None
+            batch = Batch(self._view(images, generator, False), labels.to(self.device))
             if unlabeled is not None:
-                index, weak, *strong, truth = next(unlabeled)
-                batch.unlabeled_index = index.to(self.device)
-                batch.weak = augment(weak, False)
-                if self.gpu_augment is not None:
-                    strong = [weak] * self.strong_views
-                batch.strong = [augment(s, True) for s in strong]
-                batch.unlabeled_labels = truth.to(self.device)
+                item = next(unlabeled)
+                self.skipped_images += int(item["skipped"].sum())
+                batch.unlabeled_index = item["index"].to(self.device)
+                batch.weak = self._view(item["weak"], generator, False)
+                strong = item["strong"] if views is None else [item["weak"]] * views.strong_views
+                batch.strong = [self._view(s, generator, True) for s in strong]
+                batch.unlabeled_labels = item["label"].to(self.device)
             yield batch
 
-    def _device_augment(self, step: int):
-        """Moves a batch to the device, augmenting it there when data.gpu_augment is on."""
-        if self.gpu_augment is None:
-            return lambda images, strong: self._to_device(images)
+    def _generator(self, step: int) -> torch.Generator:
         generator = torch.Generator(self.device)
         generator.manual_seed(int(np.random.SeedSequence(
             [self.config.seed, self.dist.rank, step]).generate_state(1)[0]))
-        weak, strong_aug = self.gpu_augment
-        return lambda images, strong: self._to_device(
-            (strong_aug if strong else weak)(images.to(self.device, non_blocking=True), generator))
+        return generator
 
-    def _to_device(self, images: torch.Tensor) -> torch.Tensor:
+    def _view(self, images: torch.Tensor, generator: torch.Generator | None, strong: bool) -> torch.Tensor:
+        """Moves images to the device, augmenting them there with ``data.gpu_augment``."""
         images = images.to(self.device, non_blocking=True)
+        views = self.data.device_views
+        if views is not None:
+            images = (views.strong if strong else views.weak)(images, generator)
         if self.config.train.channels_last and images.dim() == 4 and self.device.type == "cuda":
             images = images.contiguous(memory_format=torch.channels_last)
         return images
 
+    # ------------------------------------------------------------------ one step
+
     def train_step(self, batch: Batch) -> dict[str, float]:
+        """One optimizer step over ``train.accumulate`` micro-batches; returns mean logs."""
         self.model.train()
-        with self.autocast():
-            result = self.algorithm.step(self.forward, batch)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(result.loss).backward()
+        parts = batch.split(self.config.train.accumulate)
+        logs = []
+        for index, part in enumerate(parts):
+            last = index == len(parts) - 1
+            sync = contextlib.nullcontext() if last or not self.dist.enabled else self.net.no_sync()
+            with sync:
+                with self.autocast():
+                    result = self.algorithm.step(self.forward, part)
+                self.scaler.scale(result.loss / len(parts)).backward()
+            logs.append(result.logs)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return result.logs
+        self.optimizer.zero_grad(set_to_none=True)
+        merged = _mean_logs(logs)
+        merged["lr"] = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        if self.skipped_images:
+            merged["skipped_images"] = float(self.skipped_images)
+        return merged
 
     def evaluate(self) -> dict:
         logits, labels = predict_logits(self.model, self.test_loader, self.device, self.autocast)
         logits = self.dist.gather_uneven(logits.to(self.device)).cpu()
         labels = self.dist.gather_uneven(labels.to(self.device)).cpu()
-        if self.dist.is_main:  # the latest test predictions, for reports
-            save_predictions(self.output / "test_predictions.safetensors", logits, labels)
+        if self.run is not None and self.dist.is_main:  # the latest test predictions, for reports
+            self.run.save_predictions(logits, labels)
         return classification_metrics(logits, labels)
+
+    # ------------------------------------------------------------------ the loop
 
     def fit(self) -> dict:
         cfg = self.config.train
-        eval_every = cfg.eval_every or cfg.steps_per_epoch
-        main = self.dist.is_main
-        metrics_file = (self.output / "metrics.jsonl").open("a") if main else None
-        callbacks = list(self.callbacks) if main else []
+        callbacks = list(self.callbacks) if self.dist.is_main else []
         for callback in callbacks:
-            callback.on_train_start(cfg.steps, self.step)
-        try:
-            with stop_signals() as received:
-                self._loop(cfg, eval_every, metrics_file, callbacks, received)
-        finally:
-            if metrics_file is not None:
-                metrics_file.close()
+            callback.on_train_start(cfg.steps, self.step, images_per_step=self.images_per_step)
+        with stop_signals() as received:
+            self._loop(cfg, cfg.eval_every or cfg.steps_per_epoch, callbacks, received)
         final = self._final()
         for callback in callbacks:
             callback.on_train_end(final)
         return final
 
-    def _loop(self, cfg: TrainConfig, eval_every: int, metrics_file, callbacks, received) -> None:
+    def _loop(self, cfg: TrainConfig, eval_every: int, callbacks, received) -> None:
         while self.step < cfg.steps:
             epoch, start = divmod(self.step, cfg.steps_per_epoch)
             if start == 0:
                 self.algorithm.on_epoch_start(epoch)
             began = time.time()
-            for batch in self._batches(epoch, start):
-                logs = self.train_step(batch)
+            for batch in self.batches(epoch, start):
+                logs = {**self.train_step(batch), "epoch": epoch}
                 self.step += 1
-                logs["lr"] = self.optimizer.param_groups[0]["lr"]
                 for callback in callbacks:
                     callback.on_step(self.step, logs)
-                if metrics_file is not None and self.step % cfg.log_every == 0:
-                    self._write(metrics_file, {"kind": "train", "step": self.step,
-                                               "epoch": epoch, **logs})
                 end_of_epoch = self.step % cfg.steps_per_epoch == 0
                 evaluate = self.step % eval_every == 0 or self.step == cfg.steps
                 checkpoint = (end_of_epoch or evaluate or bool(received) or
@@ -375,41 +285,36 @@ class Trainer:
                 if checkpoint:
                     self.seconds += time.time() - began
                     if evaluate:
-                        self._eval_and_log(metrics_file, callbacks, epoch)
-                    if end_of_epoch:
-                        self.scheduler.step()
+                        self._evaluate_and_report(callbacks, epoch)
                     self.save()
                     began = time.time()
                 if received:
+                    where = f" Continue with: finessl train --resume {self.run.path}" if self.run else ""
                     raise TrainingInterrupted(
-                        f"stopped by signal {received[0]} at step {self.step}; checkpoint saved. "
-                        f"Continue with: finessl train --resume {self.output}")
+                        f"stopped by signal {received[0]} at step {self.step}; checkpoint saved.{where}")
                 if self.step >= cfg.steps or end_of_epoch:
                     break
 
-    def _eval_and_log(self, metrics_file, callbacks, epoch: int) -> None:
+    def _evaluate_and_report(self, callbacks, epoch: int) -> None:
         metrics = self.evaluate()
         self.last_metrics = metrics
-        diagnostics = self.algorithm.diagnostics() if hasattr(self.algorithm, "diagnostics") else None
-        if metrics_file is not None:
-            self._write(metrics_file, {"kind": "eval", "step": self.step, "epoch": epoch,
-                                       **{k: v for k, v in metrics.items() if k != "per_class_acc"},
-                                       "per_class_acc": metrics["per_class_acc"]})
-            if diagnostics is not None:
-                self._write(metrics_file, {"kind": "pseudo_labels", "step": self.step,
-                                           "epoch": epoch, **diagnostics})
+        diagnostics = self.algorithm.diagnostics()
+        report = {**metrics, "epoch": epoch}
+        if diagnostics is not None:
+            report["pseudo_labels"] = diagnostics
         for callback in callbacks:
-            callback.on_eval(self.step, metrics)
+            callback.on_eval(self.step, report)
 
     def _final(self) -> dict:
         metrics = self.last_metrics or self.evaluate()
+        classes = self.data.classes
         final = {
             "top1": metrics["top1"],
             "balanced_acc": metrics["balanced_acc"],
             "ece": metrics["ece"],
             "nll": metrics["nll"],
             **({"top5": metrics["top5"]} if "top5" in metrics else {}),
-            "per_class_acc": metrics["per_class_acc"],
+            "per_class_acc": dict(zip(classes, metrics["per_class_acc"])),
             "steps": self.step,
             "seconds": round(self.seconds, 2),
             "trainable_params": self.model.num_trainable_parameters(),
@@ -417,12 +322,9 @@ class Trainer:
             "device": str(self.device),
             "precision": self.precision,
             "world_size": self.dist.world_size,
+            "skipped_images": self.skipped_images,
+            "epochs": math.ceil(self.step / self.config.train.steps_per_epoch),
         }
-        if self.dist.is_main:
-            write_json(self.output / "final.json", final)
+        if self.run is not None and self.dist.is_main:
+            self.run.write_final(final)
         return final
-
-    @staticmethod
-    def _write(handle, record: dict) -> None:
-        handle.write(json.dumps(record) + "\n")
-        handle.flush()

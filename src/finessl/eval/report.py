@@ -10,26 +10,18 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 from pathlib import Path
 
 import torch
 
-from finessl.engine.checkpoint import load_predictions
-from finessl.errors import FinesslError
-
-
-def _records(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        raise FinesslError(f"{run_dir} has no metrics.jsonl; is it a finessl run directory?")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+from finessl.rundir import RunDir
 
 
 def _figure():
     import matplotlib
 
     matplotlib.use("Agg")
+    matplotlib.rcParams["text.parse_math"] = False  # class names such as "$x$" stay text
     import matplotlib.pyplot as plt
 
     return plt
@@ -140,31 +132,31 @@ def plot_per_class(per_class: list, classes: list[str], out: Path) -> Path:
 
 def write_report(run_dir: str | Path) -> Path:
     """Writes ``run_dir/report/*.png`` and ``run_dir/report/index.html``; returns the page."""
-    from finessl.engine.checkpoint import load_adapter
-
-    run_dir = Path(run_dir)
-    records = _records(run_dir)
-    out = run_dir / "report"
+    run = RunDir(run_dir)
+    run_dir = run.path
+    records = run.read_metrics()
+    final = run.read_final() if (run / RunDir.FINAL).is_file() else {}
+    classes = run.load_adapter()[1]["classes"] if (run / RunDir.ADAPTER).is_file() else []
+    predictions = run / RunDir.PREDICTIONS
+    loaded = run.load_predictions() if predictions.is_file() else None  # read all before writing
+    out = run_dir / RunDir.REPORT
     out.mkdir(exist_ok=True)
-    final_path = run_dir / "final.json"
-    final = json.loads(final_path.read_text()) if final_path.is_file() else {}
-    adapter = run_dir / "adapter.safetensors"
-    classes = load_adapter(adapter)[1]["classes"] if adapter.is_file() else []
-    predictions = run_dir / "test_predictions.safetensors"
 
     plots: list[tuple[str, Path | None]] = [
         ("Accuracy over training", plot_accuracy(records, out / "accuracy.png")),
         ("Pseudo-label class distribution", plot_pseudo_labels(
             records, classes or [str(k) for k in range(1000)], out / "pseudo_labels.png")),
     ]
-    if predictions.is_file():
-        logits, labels = load_predictions(predictions)
+    if loaded is not None:
+        logits, labels = loaded
         classes = classes or [str(k) for k in range(logits.shape[1])]
         plots += [("Reliability diagram", plot_reliability(logits, labels, out / "reliability.png")),
                   ("Confusion matrix", plot_confusion(logits, labels, classes, out / "confusion.png"))]
-    if final.get("per_class_acc"):
-        plots.append(("Per-class accuracy", plot_per_class(final["per_class_acc"], classes,
-                                                            out / "per_class.png")))
+    per_class = final.get("per_class_acc")
+    if isinstance(per_class, dict):
+        classes, per_class = list(per_class), list(per_class.values())
+    if per_class:
+        plots.append(("Per-class accuracy", plot_per_class(per_class, classes, out / "per_class.png")))
     page = out / "index.html"
     page.write_text(_html(run_dir, final, [(t, p) for t, p in plots if p is not None]))
     return page

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from finessl.errors import ConfigError
+
 
 class Backbone(nn.Module):
     """A feature extractor ``images [N, 3, H, W] -> features [N, num_features]``.
@@ -36,6 +38,12 @@ class Backbone(nn.Module):
         for name, param in self.named_parameters():
             if not name.startswith(self.unused_prefixes):
                 yield name, param
+
+    def set_grad_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute activations in the backward pass instead of storing them."""
+        if enabled:
+            raise ConfigError(f"model.grad_checkpointing is not supported for {type(self).__name__} "
+                              "backbones")
 
     def set_train_mode(self, mode: bool) -> None:
         """Frozen batch-norm layers keep their pretrained statistics in training."""

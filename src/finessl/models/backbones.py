@@ -94,6 +94,7 @@ def wrap_open_clip(model, name: str, pretrained: str) -> Backbone:
     else:
         raise ConfigError(f"open_clip model {name!r} has an image tower finessl does not know yet")
     backbone.text = ClipText(model, _tokenizer(model, name), project, projection)
+    backbone.source["activation"] = tower_activation(visual)
     return backbone
 
 
@@ -103,6 +104,59 @@ def _tokenizer(model, name: str):
     if name in open_clip.list_models() or name.startswith(("hf-hub:", "local-dir:")):
         return open_clip.get_tokenizer(name)
     return open_clip.tokenizer.SimpleTokenizer(context_length=model.context_length)
+
+
+def resolve_quick_gelu(setting: bool | str, name: str, tag: str | None) -> bool | None:
+    """Whether an open_clip model gets QuickGELU (``x * sigmoid(1.702 x)``).
+
+    OpenAI's CLIP weights were trained with it, open_clip's plain configs (``ViT-B-16``)
+    use exact GELU and only warn. ``auto`` follows the pretrained tag's config (``openai``
+    -> QuickGELU); ``-quickgelu`` names always have it. None = the model config's own
+    choice (hf-hub / local-dir configs, local checkpoint files, random weights).
+    """
+    import open_clip
+
+    if isinstance(setting, str) and setting != "auto":
+        raise ConfigError(f"model.quick_gelu must be auto, true or false, got {setting!r}")
+    named = name.endswith("-quickgelu")
+    if setting is False and named:
+        raise ConfigError(f"model.backbone {name!r} is a QuickGELU model; model.quick_gelu false "
+                          "contradicts it (use the name without -quickgelu)")
+    if setting is True or named:
+        return True
+    if setting is False:
+        return False
+    if tag is not None and not name.startswith(("hf-hub:", "local-dir:")):
+        tag_cfg = open_clip.get_pretrained_cfg(name, tag)
+        if tag_cfg:
+            return bool(tag_cfg.get("quick_gelu", False))
+    return None
+
+
+def resolve_timm_quick_gelu(setting: bool | str, name: str) -> bool | None:
+    """The same for timm CLIP towers: timm registers OpenAI's weights under both
+    ``vit_*_clip_*`` (exact GELU: wrong for them) and ``vit_*_clip_quickgelu_*`` names, so
+    ``auto`` gives QuickGELU to an ``openai`` tag of a CLIP ViT. None = the model's own."""
+    if isinstance(setting, str) and setting != "auto":
+        raise ConfigError(f"model.quick_gelu must be auto, true or false, got {setting!r}")
+    if isinstance(setting, bool):
+        return setting
+    arch, _, tag = name.partition(".")
+    if "_clip_" in arch and "quickgelu" not in arch and tag == "openai":
+        return True
+    return None
+
+
+def tower_activation(visual) -> str:
+    """The class name of an open_clip image tower's MLP activation (``QuickGELU``, ``GELU``
+    ...); "n/a" for ResNets."""
+    blocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
+    if blocks:
+        return type(blocks[0].mlp.gelu).__name__
+    blocks = getattr(getattr(visual, "trunk", None), "blocks", None)
+    if blocks and hasattr(blocks[0], "mlp"):
+        return type(blocks[0].mlp.act).__name__
+    return "n/a"
 
 
 def build_open_clip(config: ModelConfig) -> Backbone:
@@ -134,6 +188,11 @@ def build_open_clip(config: ModelConfig) -> Backbone:
         tags = open_clip.list_pretrained_tags_by_model(name)
         raise ConfigError(unknown_name_message(f"pretrained tag for {name}", str(pretrained), tags))
 
+    quick_gelu = resolve_quick_gelu(config.quick_gelu, name, tag)
+    if quick_gelu:
+        kwargs["force_quick_gelu"] = True
+    elif quick_gelu is False:
+        kwargs["quick_gelu"] = False  # a model kwarg: applied last, over the model config
     try:
         with seeded(config.init_seed):
             model = open_clip.create_model(
@@ -169,6 +228,7 @@ def tiny_vit(config: ModelConfig) -> Backbone:
     cfg = copy.deepcopy(TINY_CLIP_CONFIG)
     if config.image_size is not None:
         cfg["vision_cfg"]["image_size"] = config.image_size
+    cfg["quick_gelu"] = bool(resolve_quick_gelu(config.quick_gelu, "tiny-vit", None))
     with seeded(config.init_seed):
         model = open_clip.model.CLIP(**cfg)
     pretrained = "none"
@@ -213,6 +273,11 @@ def build_timm(config: ModelConfig) -> Backbone:
     if not timm.is_model(arch):
         raise ConfigError(unknown_name_message("timm model", name, timm.list_models()))
     kwargs: dict = {}
+    quick_gelu = resolve_timm_quick_gelu(config.quick_gelu, name)
+    if quick_gelu is not None:
+        if not arch.startswith("vit_"):
+            raise ConfigError("model.quick_gelu applies to transformer (timm vit_*) towers only")
+        kwargs["act_layer"] = "quick_gelu" if quick_gelu else "gelu"
     pretrained = not is_random_init(config.pretrained)
     if pretrained and str(config.pretrained) not in ("default", name):
         path = Path(str(config.pretrained))
@@ -234,6 +299,7 @@ def build_timm(config: ModelConfig) -> Backbone:
     mean, std = cfg.get("mean", (0.5,) * 3), cfg.get("std", (0.5,) * 3)
     source = {"backbone": config.backbone, "pretrained": str(config.pretrained) if pretrained else "none"}
     if hasattr(model, "blocks") and type(model.blocks[0]).__name__ == "Block":
+        source["activation"] = type(model.blocks[0].mlp.act).__name__
         return TimmViT(model, mean, std, source)
     size = config.image_size or int(cfg.get("input_size", (3, 224, 224))[-1])
     return TimmCNN(model, size, mean, std, source)

@@ -45,6 +45,10 @@ class TimmCNN(Backbone):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model.forward_head(self.model.forward_features(images), pre_logits=True)
 
+    def set_grad_checkpointing(self, enabled: bool = True) -> None:
+        """timm's own activation checkpointing (per stage or block, as the model defines)."""
+        self.model.set_grad_checkpointing(enabled)
+
     def pretrained_logits(self, images: torch.Tensor) -> torch.Tensor:
         """The model's own classifier (e.g. ImageNet-1k)."""
         return self.model(images)

@@ -61,6 +61,18 @@ class FinesslModel(nn.Module):
             )
         return state
 
+    @torch.no_grad()
+    def frozen_fingerprint(self) -> float:
+        """A checksum of the backbone's frozen weights: a run rebuilt from its config must
+        find the same frozen model (same pretrained file, same init_seed)."""
+        trained = {id(p) for p in self.parameters() if p.requires_grad}
+        total = 0.0
+        for index, param in enumerate(self.backbone.parameters()):
+            if id(param) not in trained:
+                values = param.detach().to("cpu", torch.float64)
+                total += float(values.abs().sum()) + (index % 7 + 1) * float(values.sum())
+        return total
+
     def num_trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
@@ -74,6 +86,8 @@ def build_model(config: ModelConfig, num_classes: int, backbone: Backbone | None
     """
     backbone = backbone if backbone is not None else build_backbone(config)
     attach_peft(backbone, config)
+    if config.grad_checkpointing:
+        backbone.set_grad_checkpointing(True)
     model = FinesslModel(backbone, num_classes, config.logit_scale)
     if config.head_init == "text":
         if classes is None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from finessl.errors import ConfigError
 from finessl.models.backbone_base import Backbone
@@ -63,6 +64,11 @@ class ViTBackbone(Backbone):
     num_layers: int
     width: int
     patch_size: tuple[int, int]
+    grad_checkpointing = False
+
+    def set_grad_checkpointing(self, enabled: bool = True) -> None:
+        """Per transformer block: its activations are recomputed in the backward pass."""
+        self.grad_checkpointing = enabled
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -105,10 +111,14 @@ class ViTBackbone(Backbone):
         hooks = self._hooks()
         x = self.embed(images)
         seq_len = x.shape[1]
+        checkpointed = self.grad_checkpointing and torch.is_grad_enabled()
         for index, block in enumerate(self.blocks):
             for hook in hooks["before_block"]:
                 x = hook(index, x, seq_len)
-            x = self.run_block(index, block, x, hooks)
+            if checkpointed:
+                x = checkpoint(self.run_block, index, block, x, hooks, use_reentrant=False)
+            else:
+                x = self.run_block(index, block, x, hooks)
         return self.pool(x[:, :seq_len])
 
 

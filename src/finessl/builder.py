@@ -1,0 +1,141 @@
+"""One way to assemble a run: backbone -> data -> model -> algorithm, from a Config.
+
+``train``, ``distill``, ``bench`` and ``suggest`` build everything with ``build_run``;
+``evaluate`` and ``zeroshot`` only the backbone and the test set (``build_test_set``).
+Collaborators (a user's backbone, data, transforms, a SemiKD teacher, the process group)
+are passed in, never patched on afterwards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from finessl import __version__
+from finessl.algorithms import Algorithm, algorithm_class, build_algorithm
+from finessl.config import Config, load_config, load_preset, validate_config
+from finessl.data.augment import Transforms, build_transforms
+from finessl.data.datasets import DATASETS, SourceData, load_source
+from finessl.data.ssl_data import LabeledView, SSLData, build_ssl_data, cap_indices, check_readable
+from finessl.distributed import DistEnv
+from finessl.errors import ConfigError
+from finessl.models import FinesslModel, build_backbone, build_model
+from finessl.models.backbone_base import Backbone, ModuleBackbone
+from finessl.models.peft.base import PEFT_METHODS, peft_names
+
+
+def as_config(config: Config | str | Path | dict) -> Config:
+    """A Config from a Config, a preset name, a YAML path or a nested dict; validated."""
+    if isinstance(config, dict):
+        from finessl.config import config_from_dict
+
+        config = config_from_dict(config)
+    elif not isinstance(config, Config):
+        path = Path(config)
+        config = load_config(path) if path.suffix in (".yaml", ".yml") else load_preset(str(config))
+    return validate_config(config)
+
+
+def check_names(config: Config) -> None:
+    """Registry names (algorithm, dataset, PEFT methods), before anything heavy is built."""
+    algorithm_class(config.algorithm)
+    DATASETS.get(config.data.name)
+    for name in peft_names(config.model):
+        PEFT_METHODS.get(name)
+
+
+def wrap_backbone(backbone: nn.Module, sample: torch.Tensor | None) -> Backbone:
+    """Turns any ``images -> [N, D]`` module into a Backbone, probing D if needed."""
+    if isinstance(backbone, Backbone):
+        return backbone
+    dim = getattr(backbone, "num_features", None)
+    if dim is None:
+        if sample is None:
+            raise ConfigError("give the backbone a num_features attribute")
+        with torch.no_grad():
+            dim = backbone(sample.unsqueeze(0)).shape[-1]
+    return ModuleBackbone(backbone, int(dim))
+
+
+@dataclass
+class RunPieces:
+    """Everything a training run is made of."""
+
+    config: Config
+    data: SSLData
+    model: FinesslModel
+    algorithm: Algorithm
+    metadata: dict[str, Any]
+
+
+def build_run(config: Config, *, backbone: nn.Module | None = None, source: SourceData | None = None,
+              transforms: Transforms | None = None, dist: DistEnv | None = None,
+              teacher=None, check_files: bool = True) -> RunPieces:
+    """Builds the pieces of a run. ``backbone``: any module mapping a batch to ``[N, D]``
+    features (default: ``config.model``); ``source`` / ``transforms``: your own data and
+    augmentations; ``teacher``: SemiKD's frozen teacher."""
+    user_backbone = backbone is not None
+    built = backbone if user_backbone else build_backbone(config.model)
+    image_size = getattr(built, "image_size", config.model.image_size or 224)
+    mean = getattr(built, "mean", (0.5, 0.5, 0.5))
+    std = getattr(built, "std", (0.5, 0.5, 0.5))
+    strong_views = algorithm_class(config.algorithm).strong_views(config.algorithm)
+    data = build_ssl_data(config.data, image_size, mean, std, config.seed, strong_views,
+                          source=source, transforms=transforms, check_files=check_files)
+    if user_backbone:
+        built = wrap_backbone(built, data.test[0][0])
+    model = build_model(config.model, data.num_classes, backbone=built, classes=data.classes)
+    context: dict[str, Any] = {"total_steps": config.train.steps * config.train.accumulate,
+                               "dist": dist or DistEnv()}
+    if teacher is not None:
+        context["teacher"] = wrap_teacher(teacher, data.classes, built)
+    algorithm = build_algorithm(config.algorithm, data.num_classes, len(data.unlabeled), **context)
+    return RunPieces(config, data, model, algorithm, run_metadata(config, model, data, user_backbone))
+
+
+def wrap_teacher(teacher, classes: list[str], student: Backbone):
+    """A loaded teacher run, fed the student's images re-normalised for it."""
+    from finessl.algorithms.semikd import Teacher
+
+    if teacher.classes != list(classes):
+        raise ConfigError("the teacher was trained on other classes than this data")
+    return Teacher(teacher.model, teacher.image_size, teacher.mean, teacher.std,
+                   student.mean, student.std)
+
+
+def run_metadata(config: Config, model: FinesslModel, data: SSLData, user_backbone: bool) -> dict:
+    """What ``adapter.safetensors`` records about the model it belongs to."""
+    backbone = model.backbone
+    return {
+        "format": "finessl-adapter-1",
+        "finessl_version": __version__,
+        "backbone": backbone.source.get("backbone", config.model.backbone),
+        "pretrained": backbone.source.get("pretrained", str(config.model.pretrained)),
+        "peft": config.model.peft,
+        "activation": backbone.source.get("activation", "n/a"),
+        "init_seed": config.model.init_seed,
+        "frozen_fingerprint": model.frozen_fingerprint(),
+        "user_backbone": user_backbone,
+        "num_features": backbone.num_features,
+        "image_size": backbone.image_size,
+        "mean": list(backbone.mean),
+        "std": list(backbone.std),
+        "classes": data.classes,
+    }
+
+
+def build_test_set(config: Config, backbone: Backbone) -> tuple[list[str], Dataset]:
+    """The class names and the (test-transformed) test set only: no split, no unlabeled pool."""
+    source = load_source(config.data, config.seed)
+    transforms = build_transforms(backbone.image_size, backbone.mean, backbone.std,
+                                  config.data.strong_augment)
+    indices = cap_indices(np.arange(len(source.test)), config.data.max_test, config.seed + 1)
+    check_readable(source.test, indices, "test")
+    return list(source.classes), LabeledView(source.test, indices, transforms.test)
+

@@ -1,0 +1,60 @@
+"""Where training runs and in which precision: one place for the device decisions."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import torch
+
+from finessl.errors import ConfigError
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto`` = CUDA if present, then Apple's MPS, else the CPU; ``cuda`` takes the local
+    rank's GPU under torchrun."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if mps_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"train.device {name!r} is not a device; use auto, cpu, cuda, cuda:N "
+                          "or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("train.device is 'cuda' but no CUDA device is available")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+        elif device.index >= torch.cuda.device_count():
+            raise ConfigError(f"train.device {name!r}: this machine has "
+                              f"{torch.cuda.device_count()} CUDA device(s)")
+    elif device.type == "mps" and not mps_available():
+        raise ConfigError("train.device is 'mps' but Apple's MPS backend is not available")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"train.device {name!r} is not supported; use auto, cpu, cuda or mps")
+    return device
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """``auto`` = fp16 (with loss scaling) on CUDA, fp32 elsewhere."""
+    if name == "auto":
+        return "fp16" if device.type == "cuda" else "fp32"
+    if name not in PRECISIONS:
+        raise ConfigError(f"train.precision must be one of auto, {', '.join(PRECISIONS)}")
+    if name == "fp16" and device.type != "cuda":
+        raise ConfigError("fp16 needs CUDA; use train.precision bf16 on the CPU")
+    return name
+
+
+def autocast_for(precision: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device.type, dtype=dtype)
