@@ -16,5 +16,7 @@ def _fast_torch():
 
 @pytest.fixture
 def tiny_vit_config() -> ModelConfig:
-    return ModelConfig(backbone="tiny-vit", pretrained="none", peft="vpt-deep", vpt_tokens=3,
-                       image_size=32)
+    from helpers import model_config
+
+    return model_config(backbone="tiny-vit", pretrained="none", peft="vpt-deep", vpt_tokens=3,
+                        image_size=32)

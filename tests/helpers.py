@@ -87,3 +87,23 @@ def make_stl10(root: Path, train=20, unlabeled=7, test=10) -> Path:
     (folder / "class_names.txt").write_text("\n".join(
         ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"]))
     return root
+
+
+def model_config(**values):
+    """A ModelConfig from keys as the command line names them (``vpt_tokens=3`` works)."""
+    from finessl.config import Config, set_value
+
+    config = Config()
+    for key, value in values.items():
+        set_value(config, f"model.{key}", value)
+    return config.model
+
+
+def algorithm_config(**values):
+    """An AlgorithmConfig the same way (``flex_warmup=False``, ``name="softmatch"``)."""
+    from finessl.config import Config, set_value
+
+    config = Config()
+    for key, value in values.items():
+        set_value(config, f"algorithm.{key}", value)
+    return config.algorithm

@@ -15,13 +15,15 @@ from finessl.config import AlgorithmConfig, ModelConfig
 from finessl.models.backbone_base import ModuleBackbone
 from finessl.models.model import build_model
 
+from helpers import algorithm_config
+
 # The authors' FineSSL rules, chosen explicitly: with 3 classes "auto" picks the few-class forms.
 REFERENCE = {"pace": "reference", "aux_weight": "confidence"}
 P3 = torch.tensor([[0.8, 0.1, 0.1], [0.5, 0.3, 0.2], [0.1, 0.7, 0.2]])
 
 
 def algo(name, num_classes=3, num_unlabeled=10, total_steps=None, **kwargs):
-    return build_algorithm(AlgorithmConfig(name=name, **kwargs), num_classes, num_unlabeled,
+    return build_algorithm(algorithm_config(name=name, **kwargs), num_classes, num_unlabeled,
                            total_steps=total_steps)
 
 
@@ -217,7 +219,7 @@ def test_every_algorithm_steps_and_checkpoints(name):
 
 def test_pseudolabel_unlabeled_weight_ramps_up_over_40_percent_of_training():
     model = tiny_model()
-    a = algo("pseudolabel", num_classes=C, num_unlabeled=8, threshold=0.0, total_steps=10)
+    a = algo("pseudolabel", num_classes=C, num_unlabeled=8, threshold=0.01, total_steps=10)
     for ramp in [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]:
         result = a.step(model, tiny_batch(0))
         t = result.terms
@@ -234,7 +236,7 @@ def test_pseudolabel_unlabeled_weight_ramps_up_over_40_percent_of_training():
 
 
 def test_pseudolabel_trains_on_the_weak_view():
-    a = algo("pseudolabel", num_classes=C, num_unlabeled=8, threshold=0.0, total_steps=10)
+    a = algo("pseudolabel", num_classes=C, num_unlabeled=8, threshold=0.01, total_steps=10)
     assert a.strong_views(a.config) == 0
     model = tiny_model()
     batch = tiny_batch(0)
@@ -279,7 +281,7 @@ def test_ablation_switches():
     grad = torch.autograd.grad(result.terms["loss_x_aux"], model.backbone.module.weight)[0]
     assert grad.abs().sum() > 0
     # Auxiliary head without smoothing: lambda = 0 makes L_u' the plain CE on pseudo-labels.
-    hard = algo("finessl", smoothing=0.0, threshold=0.0, num_unlabeled=8)
+    hard = algo("finessl", smoothing=0.0, threshold=0.01, num_unlabeled=8)
     batch = tiny_batch(2)
     result = hard.step(model, batch)
     with torch.no_grad():
@@ -297,7 +299,7 @@ def test_aux_weighting_needs_the_aux_head():
 
 
 def test_pseudo_label_diagnostics():
-    a = algo("finessl", num_classes=C, num_unlabeled=8, threshold=0.0, **REFERENCE)
+    a = algo("finessl", num_classes=C, num_unlabeled=8, threshold=0.01, **REFERENCE)
     model = tiny_model()
     batch = tiny_batch(2)
     with torch.no_grad():

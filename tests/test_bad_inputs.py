@@ -105,7 +105,7 @@ CONFIG_CASES = [
     (["--train.betas", "a,b"], "train.betas"),
     (["--data.classes", "0"], "at least two"),
     (["--data.classes", "class_0,nosuch"], "nosuch"),
-    (["--algorithm.teacher", "runs/x"], "only used by"),
+    (["--algorithm.teacher", "runs/x"], "only used by algorithm.name semikd"),
     (["--algorithm.smoothing", "1"], "algorithm.smoothing"),
     (["--train.loggers", "comet"], "csv, mlflow, wandb"),
     (["--train.optimizer", "lbfgs"], "sgd, adamw"),

@@ -19,7 +19,7 @@ def test_required_presets_exist_with_reference_recipe():
     cfg = load_preset("cifar100-n4")
     assert (cfg.model.backbone, cfg.model.pretrained, cfg.model.peft) == ("ViT-B-16", "openai",
                                                                           "vpt-deep")
-    assert cfg.model.vpt_tokens == 50 and cfg.data.labels_per_class == 4
+    assert cfg.model.options("vpt").tokens == 50 and cfg.data.labels_per_class == 4
     assert (cfg.train.lr, cfg.train.batch_size, cfg.train.steps) == (0.03, 32, 15000)
     assert cfg.algorithm.unlabeled_weight == 3.0 and cfg.algorithm.threshold == 0.7
     n1 = load_preset("cifar10-n1")

@@ -76,15 +76,37 @@ def test_predict_from_csv_list_and_missing_path(run_dir, pool, tmp_path):
     assert missing.returncode == 2 and "does not exist" in missing.stderr
 
 
-def test_torchscript_export_matches(run_dir, tmp_path):
-    predictor = load(run_dir, device="cpu")
-    path = export(predictor, tmp_path / "model.pt")
-    scripted = torch.jit.load(str(path))
-    x = torch.randn(3, 3, predictor.image_size, predictor.image_size)
+def reference_logits(predictor, images):
+    """The run's own model on [0, 1] images, normalised by hand."""
+    mean = torch.tensor(predictor.mean).view(1, 3, 1, 1)
+    std = torch.tensor(predictor.std).view(1, 3, 1, 1)
     with torch.no_grad():
-        assert torch.allclose(scripted(x), predictor.model(x), atol=1e-5)
-    result = cli("export", "--run", str(run_dir), "--out", str(tmp_path / "m2.pt"))
-    assert result.returncode == 0 and (tmp_path / "m2.pt").is_file()
+        return predictor.model((images - mean) / std)
+
+
+def test_pt2_export_matches_the_run(run_dir, tmp_path):
+    predictor = load(run_dir, device="cpu")
+    path = export(predictor, tmp_path / "model.pt2", "pt2")
+    program = torch.export.load(str(path)).module()
+    for batch in (1, 5):  # the batch dimension is dynamic
+        x = torch.rand(batch, 3, predictor.image_size, predictor.image_size)
+        with torch.no_grad():
+            assert torch.allclose(program(x), reference_logits(predictor, x), atol=1e-5)
+    result = cli("export", "--run", str(run_dir), "--out", str(tmp_path / "m2.pt2"))
+    assert result.returncode == 0 and (tmp_path / "m2.pt2").is_file(), result.stderr
+
+
+def test_onnx_export_matches_the_run(run_dir, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    predictor = load(run_dir, device="cpu")
+    result = cli("export", "--run", str(run_dir), "--format", "onnx", "--out", str(tmp_path / "m.onnx"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"))
+    for batch in (1, 3):
+        x = torch.rand(batch, 3, predictor.image_size, predictor.image_size)
+        (logits,) = session.run(None, {"images": x.numpy()})
+        assert torch.allclose(torch.from_numpy(logits), reference_logits(predictor, x), atol=1e-4)
 
 
 def test_predict_with_efficientnet_imagenet_head(tmp_path):

@@ -3,10 +3,11 @@
 import pytest
 import torch
 
-from finessl.config import ModelConfig
 from finessl.errors import ConfigError
 from finessl.models import build_backbone, build_model
 from finessl.rundir import RunDir
+
+from helpers import model_config
 
 FAMILIES = {
     # name: (config kwargs, is_vit)
@@ -16,7 +17,7 @@ FAMILIES = {
     "timm-cnn": (dict(backbone="timm:test_efficientnet", image_size=32), False),
 }
 VIT_METHODS = ["linear", "vpt-deep", "vpt-shallow", "vpt-last", "lora", "adapter", "adaptformer",
-               "ssf", "bitfit", "full", "lora+vpt-deep"]
+               "ssf", "bitfit", "full", "lora+vpt-deep", "ia3"]
 CNN_METHODS = ["linear", "bn-tuning", "bitfit", "ssf", "full"]
 CASES = [(f, m) for f, (_, vit) in FAMILIES.items() for m in (VIT_METHODS if vit else CNN_METHODS)]
 TOKENS, RANK = 3, 4
@@ -24,8 +25,8 @@ TOKENS, RANK = 3, 4
 
 def config(family, method, **extra):
     kwargs, _ = FAMILIES[family]
-    return ModelConfig(pretrained=None, peft=method, vpt_tokens=TOKENS, lora_rank=RANK,
-                       **kwargs, **extra)
+    return model_config(pretrained=None, peft=method, vpt_tokens=TOKENS, lora_rank=RANK,
+                        **kwargs, **extra)
 
 
 def build(family, method, **extra):
@@ -35,6 +36,11 @@ def build(family, method, **extra):
 
 def backbone_trainable(model):
     return sum(p.numel() for p in model.backbone.parameters() if p.requires_grad)
+
+
+def mlp_width(backbone):
+    fc1 = [m for n, m in backbone.named_modules() if n.endswith(("c_fc", "fc1"))][0]
+    return fc1.out_features
 
 
 def expected_count(backbone, method, blocks=None):
@@ -62,6 +68,7 @@ def expected_count(backbone, method, blocks=None):
         "adapter": k * (W * 8 + 8 + 8 * W + W),
         "adaptformer": k * (W * 64 + 64 + 64 * W + W),
         "ssf": k * 2 * (3 * W + W + W + W),
+        "ia3": k * (2 * W + mlp_width(backbone)),
     }[method]
 
 
@@ -166,3 +173,37 @@ def test_vit_only_methods_refuse_cnns():
         build("clip-resnet", "lora")
     with pytest.raises(ConfigError, match="batch-norm"):
         build("clip-vit", "bn-tuning")
+
+
+@pytest.mark.parametrize("family", ["clip-vit", "timm-vit"])
+def test_ia3_rescales_keys_values_and_mlp_activations(family):
+    """Starts as the identity; its parameter count is blocks x (2 width + MLP width); each
+    vector acts where it should (a zero l_ff removes the MLP's hidden activations)."""
+    plain, ia3 = build(family, "linear").eval(), build(family, "ia3").eval()
+    backbone = ia3.backbone
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(ia3(x), plain(x), atol=1e-5)
+        hidden = backbone.parts(backbone.blocks[0]).mlp_up(torch.zeros(1, 1, backbone.width)).shape[-1]
+    vectors = [p for n, p in ia3.named_parameters() if n.startswith("backbone.peft")]
+    assert sum(p.numel() for p in vectors) == backbone.num_layers * (2 * backbone.width + hidden)
+    module = backbone.peft["ia3"].blocks[0]
+    with torch.no_grad():
+        module.value.mul_(2.0)
+        assert not torch.allclose(ia3(x), plain(x), atol=1e-4)
+        module.value.fill_(1.0)
+        module.feedforward.zero_()
+        calls = []
+        parts = backbone.parts(backbone.blocks[0])
+        original = backbone.parts
+
+        def spy(block):
+            found = original(block)
+            down = found.mlp_down
+            found.mlp_down = lambda hidden: calls.append(float(hidden.abs().max())) or down(hidden)
+            return found
+
+        backbone.parts = spy
+        ia3(x)
+        backbone.parts = original
+        assert calls[0] == 0.0 and parts.mlp_down is not None  # block 0's MLP saw zeros

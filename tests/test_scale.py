@@ -14,6 +14,8 @@ from finessl.engine.trainer import Trainer
 from finessl.models import build_model
 from finessl.run import seed_everything
 
+from helpers import model_config
+
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
@@ -72,7 +74,7 @@ def test_batch_must_divide_into_micro_batches():
 def test_checkpointed_gradients_equal_stored_ones(peft):
     def gradients(checkpointing):
         torch.manual_seed(0)
-        config = ModelConfig(backbone="tiny-vit", pretrained="none", peft=peft, vpt_tokens=3,
+        config = model_config(backbone="tiny-vit", pretrained="none", peft=peft, vpt_tokens=3,
                              image_size=32, grad_checkpointing=checkpointing)
         model = build_model(config, num_classes=4).train()
         x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
@@ -91,7 +93,7 @@ def test_checkpointing_is_per_block_and_off_without_gradients(monkeypatch):
     calls = []
     original = vit.checkpoint
     monkeypatch.setattr(vit, "checkpoint", lambda *a, **k: calls.append(1) or original(*a, **k))
-    config = ModelConfig(backbone="tiny-vit", pretrained="none", peft="vpt-deep", vpt_tokens=3,
+    config = model_config(backbone="tiny-vit", pretrained="none", peft="vpt-deep", vpt_tokens=3,
                          image_size=32, grad_checkpointing=True)
     model = build_model(config, num_classes=4)
     model(torch.randn(2, 3, 32, 32))
@@ -147,8 +149,8 @@ def test_the_trainer_applies_the_schedule_per_step():
 
 
 def test_weight_decay_groups():
-    model = build_model(ModelConfig(backbone="tiny-vit", pretrained="none", peft="vpt-deep+bitfit",
-                                    vpt_tokens=3, image_size=32), num_classes=4)
+    model = build_model(model_config(backbone="tiny-vit", pretrained="none", peft="vpt-deep+bitfit",
+                                     vpt_tokens=3, image_size=32), num_classes=4)
     names = {id(p): n for n, p in model.named_parameters()}
     decayed, exempt = parameter_groups(model, 5e-4, decay_all=False)
     assert exempt["weight_decay"] == 0.0 and decayed["weight_decay"] == 5e-4

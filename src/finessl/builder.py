@@ -91,12 +91,29 @@ def build_run(config: Config, *, backbone: nn.Module | None = None, source: Sour
     if user_backbone:
         built = wrap_backbone(built, data.test[0][0])
     model = build_model(config.model, data.num_classes, backbone=built, classes=data.classes)
+    if config.model.init_from:
+        warm_start(model, config.model.init_from, data.classes)
     context: dict[str, Any] = {"total_steps": config.train.steps * config.train.accumulate,
                                "dist": dist or DistEnv()}
     if teacher is not None:
         context["teacher"] = wrap_teacher(teacher, data.classes, built)
     algorithm = build_algorithm(config.algorithm, data.num_classes, len(data.unlabeled), **context)
     return RunPieces(config, data, model, algorithm, run_metadata(config, model, data, user_backbone))
+
+
+def warm_start(model: FinesslModel, run_dir: str, classes: list[str]) -> None:
+    """Starts from an earlier run's trained weights (PEFT and both heads)."""
+    from finessl.rundir import RunDir
+
+    run = RunDir(run_dir)
+    state, meta = run.load_adapter()
+    if list(meta["classes"]) != list(classes):
+        raise ConfigError(f"model.init_from {run_dir}: that run has other classes than this data")
+    ours = model.trainable_state_dict()
+    if set(ours) != set(state) or any(ours[k].shape != state[k].shape for k in ours):
+        raise ConfigError(f"model.init_from {run_dir}: its adapter does not fit this model "
+                          "(use the same backbone and PEFT method)")
+    model.load_state_dict(state, strict=False)
 
 
 def wrap_teacher(teacher, classes: list[str], student: Backbone):

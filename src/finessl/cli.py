@@ -104,6 +104,8 @@ def _summary(final: dict) -> str:
 def cmd_train(args, overrides) -> int:
     from finessl.run import train
 
+    if args.init_from:
+        overrides = {**overrides, "model.init_from": args.init_from}
     config = _resolve_config(args, overrides)
     output = Path(args.resume or args.output or f"runs/{config.algorithm.name}-{int(time.time())}")
     final = train(config, output, callbacks=[_progress(config.train.log_every)],
@@ -224,10 +226,50 @@ def cmd_label(args, overrides) -> int:
     return 0
 
 
-def cmd_report(args, overrides) -> int:
-    from finessl.eval.report import write_report
+def cmd_suggest(args, overrides) -> int:
+    from tqdm import tqdm
 
-    page = write_report(args.run)
+    from finessl.active.suggest import suggest, write_suggestions
+
+    check_writable(args.out)
+    bar = tqdm(unit="img", disable=not sys.stderr.isatty(), desc="scoring the pool")
+    try:
+        report = suggest(args.run, args.budget, pool=args.paths or None, strategy=args.strategy,
+                         seed=args.seed, batch_size=args.batch_size, workers=args.workers,
+                         device=args.device, progress=bar.update)
+    finally:
+        bar.close()
+    with _open_out(args.out) as handle:
+        write_suggestions(report, handle)
+    if args.out:
+        print(f"{len(report.suggestions)} images to label ({args.strategy}) written to {args.out}; "
+              "add a label column (path,label) and train with --data.extra_labels FILE "
+              f"--init-from {args.run}", file=sys.stderr)
+    _report_failures(report)
+    return 0
+
+
+def cmd_loop(args, overrides) -> int:
+    from finessl.active.loop import run_loop
+
+    args.resume = None
+    config = _resolve_config(args, overrides)
+    summary = run_loop(config, args.output, args.rounds, args.budget, args.strategy, args.seed,
+                       cold=args.cold, callbacks=[_progress(config.train.log_every)])
+    print(f"{'round':>5}  {'extra labels':>12}  {'top1 %':>7}  {'balanced %':>10}")
+    for row in summary:
+        print(f"{row['round']:>5}  {row['extra_labels']:>12}  {row['top1']:>7.2f}  "
+              f"{row['balanced_acc']:>10.2f}")
+    return 0
+
+
+def cmd_report(args, overrides) -> int:
+    from finessl.eval.report import write_comparison, write_report
+
+    if len(args.run) == 1:
+        page = write_report(args.run[0])
+    else:
+        page = write_comparison(args.run, args.out or "report-compare")
     print(f"report written to {page}")
     return 0
 
@@ -337,6 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(train)
     train.add_argument("--output", help="run directory to create")
     train.add_argument("--resume", metavar="DIR", help="continue the run in DIR")
+    train.add_argument("--init-from", metavar="DIR",
+                       help="warm start from a finished run's adapter and heads (model.init_from)")
     train.set_defaults(func=cmd_train)
 
     distill = sub.add_parser("distill", help="SemiKD: distill a trained run into a smaller student",
@@ -382,14 +426,51 @@ def build_parser() -> argparse.ArgumentParser:
     label.add_argument("--device", default="auto")
     label.set_defaults(func=cmd_label)
 
-    report = sub.add_parser("report", help="PNG plots and an HTML page for a run")
-    report.add_argument("--run", required=True)
+    strategies = ["balanced", "entropy", "margin", "kcenter", "random"]
+    suggest = sub.add_parser("suggest", help="which images to label next",
+                             description="Scores a pool with a trained run and writes the --budget "
+                                         "images worth labeling next (path, predicted class, "
+                                         "score, reason). Pool: images, folders or CSV lists; "
+                                         "default: the run's own unlabeled pool.")
+    suggest.add_argument("--run", required=True, help="a finished run")
+    suggest.add_argument("paths", nargs="*", help="the pool (default: the run's unlabeled pool)")
+    suggest.add_argument("--budget", type=positive_int, required=True, help="how many images")
+    suggest.add_argument("--strategy", choices=strategies, default="balanced")
+    suggest.add_argument("--seed", type=non_negative_int, default=0)
+    suggest.add_argument("--out", help="CSV file to write (default: standard output)")
+    suggest.add_argument("--batch-size", type=positive_int, default=64)
+    suggest.add_argument("--workers", type=non_negative_int, default=0)
+    suggest.add_argument("--device", default="auto")
+    suggest.set_defaults(func=cmd_suggest)
+
+    loop = sub.add_parser("loop", help="simulate labeling rounds to compare suggestion strategies",
+                          description="Round 0 trains the configuration; each next round suggests "
+                                      "--budget images, reveals their true labels, and trains again "
+                                      "(warm-started unless --cold) with the same steps.")
+    _config_args(loop)
+    loop.add_argument("--output", required=True, help="folder for the rounds")
+    loop.add_argument("--rounds", type=positive_int, default=2)
+    loop.add_argument("--budget", type=positive_int, default=40)
+    loop.add_argument("--strategy", choices=strategies, default="balanced")
+    loop.add_argument("--seed", type=non_negative_int, default=0, help="suggestion seed")
+    loop.add_argument("--cold", action="store_true", help="train each round from scratch")
+    loop.set_defaults(func=cmd_loop)
+
+    report = sub.add_parser("report", help="an HTML report of a run, or of several side by side",
+                            description="One --run: RUN/report/index.html. Several (--run A --run "
+                                        "B ...): curves overlaid, final numbers in one table, "
+                                        "per-class differences against the first run, in --out.")
+    report.add_argument("--run", required=True, action="append", help="run directory (repeatable)")
+    report.add_argument("--out", help="folder of a comparison (default: report-compare)")
     report.set_defaults(func=cmd_report)
 
-    export = sub.add_parser("export", help="export a run as a standalone TorchScript/ONNX model")
+    export = sub.add_parser("export", help="export a run as a standalone model (torch.export / ONNX)",
+                            description="Input: float images [N, 3, S, S] in [0, 1] (the run's "
+                                        "normalisation is inside); output: logits. pt2: load with "
+                                        "torch.export.load(path).module(); onnx: any ONNX runtime.")
     export.add_argument("--run", required=True)
     export.add_argument("--out", required=True)
-    export.add_argument("--format", choices=["torchscript", "onnx"], default="torchscript")
+    export.add_argument("--format", choices=["pt2", "onnx"], default="pt2")
     export.set_defaults(func=cmd_export)
 
     zero = sub.add_parser("zeroshot", help="CLIP zero-shot accuracy on a config's test set",
@@ -441,7 +522,8 @@ def main(argv: list[str] | None = None) -> int:
     from finessl.errors import FinesslError, TrainingInterrupted
 
     try:
-        if rest and args.command not in ("train", "demo", "zeroshot", "bench", "distill", "config"):
+        if rest and args.command not in ("train", "demo", "zeroshot", "bench", "distill", "config",
+                                         "loop"):
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         overrides = parse_overrides(rest) if rest else {}
         return args.func(args, overrides)

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from finessl.errors import ConfigError
+from finessl.options import options_of
 from finessl.registry import unknown_name_message
 
 
@@ -42,13 +43,6 @@ class ModelConfig:
                                            "a local file, or none (random)")
     peft: str = opt("vpt-deep", "PEFT method(s), several joined by '+' (e.g. lora+vpt-deep)")
     partial: int | None = opt(None, "restrict block-wise PEFT to the last k blocks", ge=1)
-    vpt_tokens: int = opt(50, "VPT prompt tokens per layer", ge=1)
-    lora_rank: int = opt(8, "LoRA rank r", ge=1)
-    lora_alpha: float = opt(1.0, "LoRA update scale = lora_alpha / lora_rank", gt=0)
-    adapter_dim: int = opt(8, "Adapter bottleneck width", ge=1)
-    adapter_scale: float = opt(0.1, "Adapter output scale")
-    adaptformer_dim: int = opt(64, "AdaptFormer bottleneck width", ge=1)
-    adaptformer_scale: float = opt(0.1, "AdaptFormer output scale")
     head_init: str = opt("random", "cosine heads: random, or text (CLIP embeddings of text_template)",
                          choices=("random", "text"))
     text_template: str = opt("a photo of a {}.", "prompt for text-initialised heads and zero-shot")
@@ -61,6 +55,14 @@ class ModelConfig:
     grad_checkpointing: bool = opt(False, "recompute block activations in the backward pass "
                                           "(less memory, ~30 % more compute)")
     cache_dir: str | None = opt(None, "where downloaded weights are cached (None = the default)")
+    init_from: str | None = opt(None, "warm start: a finished run whose adapter and heads start "
+                                      "this one (same backbone, PEFT and classes)")
+    # Per-method sections (model.vpt, model.lora, ...), declared beside each PEFT method.
+    methods: dict[str, Any] = field(default_factory=dict, metadata={"methods": "model"})
+
+    def options(self, method: str):
+        """The settings of a PEFT method (its defaults where not set)."""
+        return method_section(self, "model", method)
 
 
 @dataclass
@@ -74,6 +76,9 @@ class DataConfig:
                                           "[T-shirt/top, Shirt]")
     labels_per_class: int | None = opt(4, "labeled images per class (None = every labeled image)",
                                        ge=1)
+    extra_labels: str | None = opt(None, "CSV of labels added later (path or DATASET:INDEX, label), "
+                                         "e.g. from finessl suggest")
+    extra_labels_in_unlabeled: bool = opt(False, "keep the extra-labeled images in the unlabeled pool")
     split: str = opt("random", "labeled draw: random (seeded) or first (the first N, as the "
                                "authors' code)", choices=("random", "first"))
     unlabeled_includes_labeled: bool = opt(True, "the unlabeled pool also holds the labeled images")
@@ -137,12 +142,13 @@ class AlgorithmConfig:
     weighting: str | None = opt(None, "L_u weights: algorithm (its own mask), aux (auxiliary "
                                       "confidence, FineSSL), main (main confidence)",
                                 choices=(None, "algorithm", "aux", "main"))
-    flex_warmup: bool = opt(True, "FlexMatch: the warm-up counts unused samples as a class")
     ema_momentum: float = opt(0.999, "FreeMatch / SoftMatch / DebiasPL EMA momentum", ge=0, lt=1)
-    fairness_weight: float = opt(0.01, "FreeMatch fairness loss weight", ge=0)
-    softmatch_sigmas: float = opt(2.0, "SoftMatch n_sigma", gt=0)
-    debias_strength: float = opt(0.4, "DebiasPL tau", ge=0)
-    teacher: str | None = opt(None, "SemiKD: run directory of the trained teacher")
+    # Per-algorithm sections (algorithm.softmatch, algorithm.semikd, ...), beside each algorithm.
+    methods: dict[str, Any] = field(default_factory=dict, metadata={"methods": "algorithm"})
+
+    def options(self, method: str):
+        """The settings of an algorithm (its defaults where not set)."""
+        return method_section(self, "algorithm", method)
 
 
 @dataclass
@@ -192,10 +198,47 @@ class Config:
     description: str = opt("", "what this configuration is for")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Nested plain values; method sections sit inside their section (``model.lora``)."""
+        values = dataclasses.asdict(self)
+        for section in values.values():
+            if isinstance(section, dict) and "methods" in section:
+                section.update(section.pop("methods"))
+        return values
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# --------------------------------------------------------------------------- method sections
+
+
+def method_section(section: Any, section_name: str, method: str):
+    """The options instance of ``section_name.method``, created with defaults if unset."""
+    entries = options_of(section_name)
+    if method not in entries:
+        raise ConfigError(unknown_name_message(f"{section_name} settings section", method,
+                                               list(entries)))
+    if method not in section.methods:
+        section.methods[method] = entries[method].cls()
+    return section.methods[method]
+
+
+def methods_in_use(config: Config) -> dict[str, list[str]]:
+    """The method sections the configured PEFT methods and algorithm read."""
+    peft = [n.strip() for n in config.model.peft.split("+") if n.strip()]
+    return {
+        "model": [m for m, e in options_of("model").items() if set(e.used_by) & set(peft)],
+        "algorithm": [m for m, e in options_of("algorithm").items()
+                      if config.algorithm.name in e.used_by],
+    }
+
+
+def _alias(section_name: str, key: str) -> tuple[str, str] | None:
+    """An old flat key (``lora_rank``) -> (method, field)."""
+    for method, entry in options_of(section_name).items():
+        if key in entry.aliases:
+            return method, entry.aliases[key]
+    return None
 
 
 # --------------------------------------------------------------------------- building
@@ -212,10 +255,23 @@ def config_from_dict(values: dict[str, Any]) -> Config:
 def set_value(config: Config, dotted: str, value: Any) -> None:
     """Sets ``section.key`` (or a top-level key) with type checking and coercion."""
     parts = dotted.split(".")
+    if len(parts) == 2 and parts[0] in ("model", "algorithm"):
+        alias = _alias(parts[0], parts[1])
+        if alias is not None:  # the old flat key of a method setting
+            parts = [parts[0], *alias]
+            dotted = ".".join(parts)
     target: Any = config
     for depth, part in enumerate(parts):
-        names = [f.name for f in dataclasses.fields(target)]
+        names = [f.name for f in dataclasses.fields(target) if f.name != "methods"]
+        section = _methods_field(target)
+        if part not in names and section is not None and part in options_of(section):
+            if depth == len(parts) - 1:
+                raise ConfigError(f"config key {dotted!r} is a section; set one of its keys")
+            target = method_section(target, section, part)
+            continue
         if part not in names:
+            if section is not None:
+                names = names + list(options_of(section))
             prefix = ".".join(parts[:depth])
             choices = [f"{prefix}.{n}" if prefix else n for n in names]
             raise ConfigError(unknown_name_message("config key", dotted, choices))
@@ -247,10 +303,18 @@ def apply_overrides(config: Config, overrides: dict[str, str]) -> Config:
 def validate_config(config: Config) -> Config:
     """Checks every value of a (possibly hand-edited) Config: types, ranges and choices,
     and the rules that tie keys together. Raises ConfigError naming the key."""
+    in_use = methods_in_use(config)
+    for section, methods in in_use.items():
+        for method in methods:  # config.yaml records the settings of what is used
+            method_section(getattr(config, section), section, method)
     for dotted, value, hint, meta in _walk(config):
         check_value(dotted, _coerce(dotted, value, hint), meta)
-    if config.algorithm.teacher and config.algorithm.name != "semikd":
-        raise ConfigError("algorithm.teacher is only used by algorithm.name semikd")
+    set_elsewhere = [m for m in config.algorithm.methods if m not in in_use["algorithm"]
+                     and dataclasses.asdict(config.algorithm.methods[m]) !=
+                     dataclasses.asdict(options_of("algorithm")[m].cls())]
+    if set_elsewhere:
+        raise ConfigError(f"algorithm.{set_elsewhere[0]} settings are only used by algorithm.name "
+                          f"{set_elsewhere[0]}, not {config.algorithm.name}")
     return config
 
 
@@ -274,6 +338,14 @@ def check_value(dotted: str, value: Any, meta) -> None:
             raise ConfigError(f"config key {dotted!r} must be {word} {limit}; got {value!r}")
 
 
+def _methods_field(obj: Any) -> str | None:
+    """The section name if ``obj`` is a section with method sections."""
+    for f in dataclasses.fields(obj):
+        if f.name == "methods":
+            return f.metadata["methods"]
+    return None
+
+
 def _field(cls, name: str) -> dataclasses.Field:
     return next(f for f in dataclasses.fields(cls) if f.name == name)
 
@@ -283,7 +355,10 @@ def _walk(obj: Any, prefix: str = ""):
     hints = typing.get_type_hints(type(obj))
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
-        if dataclasses.is_dataclass(hints[f.name]):
+        if f.name == "methods":
+            for method, options in value.items():
+                yield from _walk(options, f"{prefix}{method}.")
+        elif dataclasses.is_dataclass(hints[f.name]):
             yield from _walk(value, f"{prefix}{f.name}.")
         else:
             yield f"{prefix}{f.name}", value, hints[f.name], f.metadata
@@ -320,7 +395,14 @@ def describe(config: Config) -> str:
         if dataclasses.is_dataclass(value):
             lines.append(f"{section.name}:  # {type(value).__doc__.splitlines()[0]}")
             for f in dataclasses.fields(value):
+                if f.name == "methods":
+                    continue
                 lines.append(_described(f"  {f.name}", getattr(value, f.name), f.metadata))
+            if _methods_field(value) is not None:
+                for method, options in value.methods.items():
+                    lines.append(f"  {method}:  # {type(options).__doc__.splitlines()[0]}")
+                    for f in dataclasses.fields(options):
+                        lines.append(_described(f"    {f.name}", getattr(options, f.name), f.metadata))
         else:
             lines.append(_described(section.name, value, section.metadata))
     return "\n".join(lines) + "\n"

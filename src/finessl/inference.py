@@ -214,26 +214,49 @@ def auto_label(report: PredictionReport, threshold: float = 0.0,
     return sorted(kept, key=lambda p: p.path)
 
 
-def export(predictor: Predictor, out: str | Path, fmt: str = "torchscript") -> Path:
-    """A standalone model (no finessl needed): TorchScript, or ONNX when ``onnx`` is installed.
+class _Normalised(nn.Module):
+    """The exported graph: images in [0, 1] -> normalised -> the run's model -> logits."""
 
-    Input: a float batch ``[N, 3, S, S]`` normalised with the run's mean/std; output: logits.
-    """
+    def __init__(self, model: nn.Module, mean, std) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model((images - self.mean) / self.std)
+
+
+EXPORT_FORMATS = ("pt2", "onnx")
+
+
+def export(predictor: Predictor, out: str | Path, fmt: str = "pt2") -> Path:
+    """A standalone model that needs no finessl: ``pt2`` (``torch.export``, load with
+    ``torch.export.load(path).module()``) or ``onnx`` (the dynamo exporter; needs the
+    ``onnx`` extra). Input: float images ``[N, 3, S, S]`` in [0, 1] (normalisation is part of
+    the graph, N is dynamic); output: logits."""
     out = Path(out)
-    model = predictor.model.cpu().eval()
-    example = torch.zeros(1, 3, predictor.image_size, predictor.image_size)
-    if fmt == "torchscript":
-        with torch.no_grad():
-            traced = torch.jit.trace(model, example, check_trace=False)
-        traced.save(str(out))
-    elif fmt == "onnx":
+    if fmt not in EXPORT_FORMATS:
+        raise FinesslError(f"unknown export format {fmt!r}; choose {' or '.join(EXPORT_FORMATS)}")
+    if fmt == "onnx":
         try:
             import onnx  # noqa: F401
+            import onnxscript  # noqa: F401
         except ImportError as error:
-            raise FinesslError("ONNX export needs the 'onnx' package: pip install onnx") from error
-        torch.onnx.export(model, (example,), str(out), input_names=["images"],
-                          output_names=["logits"], dynamic_axes={"images": {0: "batch"}})
-    else:
-        raise FinesslError(f"unknown export format {fmt!r}; choose torchscript or onnx")
-    predictor.model.to(predictor.device)
+            raise FinesslError("ONNX export needs the onnx extra: pip install 'finessl[onnx]'") from error
+    wrapped = _Normalised(predictor.model.cpu(), predictor.mean, predictor.std).eval()
+    size = predictor.image_size
+    example = (torch.rand(2, 3, size, size),)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    try:
+        with torch.no_grad():
+            if fmt == "pt2":
+                program = torch.export.export(wrapped, example, dynamic_shapes=({0: batch},))
+                torch.export.save(program, str(out))
+            else:
+                torch.onnx.export(wrapped, example, str(out), input_names=["images"],
+                                  output_names=["logits"], dynamic_shapes=({0: batch},),
+                                  dynamo=True, external_data=False)
+    finally:
+        predictor.model.to(predictor.device)
     return out

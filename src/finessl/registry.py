@@ -12,7 +12,10 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    """Maps names to objects; unknown names raise a ConfigError listing the choices."""
+    """Maps names to objects; unknown names raise a ConfigError listing the choices.
+
+    A registered class gets its key as ``cls.name``: the registry is the one place a
+    method's name is written."""
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
@@ -23,6 +26,8 @@ class Registry(Generic[T]):
             if name in self._items:
                 raise ValueError(f"{self.kind} {name!r} registered twice")
             self._items[name] = obj
+            if isinstance(obj, type):
+                obj.name = name
             return obj
 
         return decorator

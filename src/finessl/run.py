@@ -100,7 +100,7 @@ def train(
         run.check_can_start()
     dist = init_distributed(resolve_device(config.train.device).type)
     seed_everything(config.seed)
-    teacher = _load_teacher(config) if config.algorithm.teacher else None
+    teacher = _load_teacher(config) if config.algorithm.name == "semikd" else None
     pieces = build_run(config, backbone=backbone, source=source, transforms=transforms, dist=dist,
                        teacher=teacher)
     shown = list(callbacks) if callbacks is not None else [LogProgress(config.train.log_every)]
@@ -137,7 +137,11 @@ def _load_teacher(config: Config):
     """The trained run SemiKD distills from (frozen, on the CPU until the first step)."""
     from finessl.inference import load
 
-    return load(config.algorithm.teacher, device="cpu")
+    teacher = config.algorithm.options("semikd").teacher
+    if not teacher:
+        raise ConfigError("semikd needs a teacher: finessl distill --teacher RUN_DIR (or "
+                          "--algorithm.semikd.teacher RUN_DIR)")
+    return load(teacher, device="cpu")
 
 
 def distill(teacher_dir: str | Path, output: str | Path, config: Config | None = None,
@@ -151,7 +155,8 @@ def distill(teacher_dir: str | Path, output: str | Path, config: Config | None =
     teacher_dir = Path(teacher_dir)
     if config is None:
         config = apply_overrides(RunDir(teacher_dir).read_config(), DISTILL_DEFAULTS)
-    config = apply_overrides(config, {**(overrides or {}), "algorithm.teacher": str(teacher_dir)})
+    config = apply_overrides(config, {**(overrides or {}),
+                                      "algorithm.semikd.teacher": str(teacher_dir)})
     return train(config, output, callbacks=callbacks, resume=resume)
 
 

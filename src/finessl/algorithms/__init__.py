@@ -2,9 +2,11 @@
 
 from finessl.algorithms import (  # noqa: F401  (registration)
     debiaspl,
+    finessl,
     fixmatch,
     flexmatch,
     freematch,
+    pseudolabel,
     semikd,
     softmatch,
     supervised,

@@ -3,22 +3,31 @@
 A momentum estimate of the class prior ``p_hat <- m p_hat + (1 - m) mean(softmax(logits_w))``
 (initialised to 1/C, updated first). Pseudo-labels and confidence come from the debiased
 logits ``logits_w - tau log p_hat``; the strong-view loss uses ``logits_s + tau log p_hat``
-(logit adjustment, the adaptive margin). ``tau`` = ``debias_strength``.
+(logit adjustment, the adaptive margin). ``tau`` = ``algorithm.debiaspl.strength``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from finessl.algorithms.base import ALGORITHMS
-from finessl.algorithms.pseudo_labeling import PseudoLabeling
-from finessl.config import AlgorithmConfig
+from finessl.algorithms.self_training import SelfTraining
+from finessl.config import AlgorithmConfig, opt
+from finessl.options import method_options
+
+
+@method_options("algorithm", "debiaspl", aliases={"debias_strength": "strength"})
+@dataclass
+class DebiasPLOptions:
+    """DebiasPL's debiasing."""
+
+    strength: float = opt(0.4, "tau: how strongly the class prior is divided out", ge=0)
 
 
 @ALGORITHMS.register("debiaspl")
-class DebiasPL(PseudoLabeling):
-    name = "debiaspl"
-
+class DebiasPL(SelfTraining):
     def __init__(self, config: AlgorithmConfig, num_classes: int, num_unlabeled: int,
                  **context) -> None:
         super().__init__(config, num_classes, num_unlabeled, **context)
@@ -27,7 +36,9 @@ class DebiasPL(PseudoLabeling):
     def adjust_probs(self, probs: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         m = self.config.ema_momentum
         self.p_hat.mul_(m).add_((1 - m) * probs.mean(dim=0))
-        return (logits - self.config.debias_strength * torch.log(self.p_hat)).softmax(dim=-1)
+        tau = self.config.options("debiaspl").strength
+        return (logits - tau * torch.log(self.p_hat)).softmax(dim=-1)
 
     def adjust_strong(self, logits: torch.Tensor) -> torch.Tensor:
-        return logits + self.config.debias_strength * torch.log(self.p_hat).to(logits.dtype)
+        tau = self.config.options("debiaspl").strength
+        return logits + tau * torch.log(self.p_hat).to(logits.dtype)

@@ -8,17 +8,26 @@ samples count as a class), else ``sigma_c / max_k sigma_k``. A sample passes whe
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from finessl.algorithms.base import ALGORITHMS, Batch
-from finessl.algorithms.pseudo_labeling import PseudoLabeling
-from finessl.config import AlgorithmConfig
+from finessl.algorithms.self_training import SelfTraining
+from finessl.config import AlgorithmConfig, opt
+from finessl.options import method_options
+
+
+@method_options("algorithm", "flexmatch", aliases={"flex_warmup": "warmup"})
+@dataclass
+class FlexMatchOptions:
+    """FlexMatch's curriculum."""
+
+    warmup: bool = opt(True, "threshold warm-up: unused samples count as a class")
 
 
 @ALGORITHMS.register("flexmatch")
-class FlexMatch(PseudoLabeling):
-    name = "flexmatch"
-
+class FlexMatch(SelfTraining):
     def __init__(self, config: AlgorithmConfig, num_classes: int, num_unlabeled: int,
                  **context) -> None:
         super().__init__(config, num_classes, num_unlabeled, **context)
@@ -41,5 +50,6 @@ class FlexMatch(PseudoLabeling):
         unused = float(self.num_unlabeled - chosen.numel())
         if chosen.numel() == 0:
             return  # nothing confident yet: thresholds stay at their initial values
-        denominator = max(counts.max().item(), unused) if self.config.flex_warmup else counts.max()
+        warmup = self.config.options("flexmatch").warmup
+        denominator = max(counts.max().item(), unused) if warmup else counts.max()
         self.classwise_acc.copy_(counts / denominator)

@@ -5,16 +5,19 @@ global ``tau_t = m tau + (1 - m) mean(max p)``, local ``p~_t = m p~ + (1 - m) me
 histogram ``h_t = m h + (1 - m) hist(argmax p)``. A sample passes when
 ``max p >= tau_t * p~_t(yhat) / max_c p~_t(c)``; the EMAs update before masking.
 Fairness: ``L_f = sum SumNorm(p~/h) * log SumNorm(pbar_s / hbar_s)`` over the passing
-strong-view predictions (zero if none pass), weighted by ``fairness_weight``.
+strong-view predictions (zero if none pass), weighted by ``algorithm.freematch.fairness_weight``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from finessl.algorithms.base import ALGORITHMS, Batch
-from finessl.algorithms.pseudo_labeling import PseudoLabeling
-from finessl.config import AlgorithmConfig
+from finessl.algorithms.self_training import SelfTraining
+from finessl.config import AlgorithmConfig, opt
+from finessl.options import method_options
 
 
 def _sum_norm(x: torch.Tensor) -> torch.Tensor:
@@ -25,10 +28,16 @@ def _safe_reciprocal(x: torch.Tensor) -> torch.Tensor:
     return torch.nan_to_num(1.0 / x, nan=0.0, posinf=0.0, neginf=0.0)
 
 
-@ALGORITHMS.register("freematch")
-class FreeMatch(PseudoLabeling):
-    name = "freematch"
+@method_options("algorithm", "freematch", aliases={"fairness_weight": "fairness_weight"})
+@dataclass
+class FreeMatchOptions:
+    """FreeMatch's fairness loss."""
 
+    fairness_weight: float = opt(0.01, "weight lambda_f of the fairness loss", ge=0)
+
+
+@ALGORITHMS.register("freematch")
+class FreeMatch(SelfTraining):
     def __init__(self, config: AlgorithmConfig, num_classes: int, num_unlabeled: int,
                  **context) -> None:
         super().__init__(config, num_classes, num_unlabeled, **context)
@@ -60,4 +69,4 @@ class FreeMatch(PseudoLabeling):
         target = _sum_norm(self.p_model * _safe_reciprocal(self.label_hist))
         mean_probs = _sum_norm(probs.mean(dim=0) * _safe_reciprocal(hist))
         fairness = (target * torch.log(mean_probs + 1e-12)).sum()
-        return {"loss_fair": self.config.fairness_weight * fairness}
+        return {"loss_fair": self.config.options("freematch").fairness_weight * fairness}

@@ -3,12 +3,13 @@
 The student is trained by the shared pseudo-labeling step (its own FineSSL losses: balanced
 margins, auxiliary head, confidence weighting) plus distillation from the frozen teacher on
 the weak view: its main head from the teacher's main head, its auxiliary head from the
-teacher's auxiliary head (soft targets, T = 1). An adaptive balance ``a`` (start 0.5) shifts
+teacher's auxiliary head (soft targets, T = 1). An adaptive balance ``a`` (start 0.5,
+``algorithm.semikd.balance_start``) shifts
 weight from distillation to self-training::
 
     L = L_x + L_x' + gamma [(1 - a)(KD_main + KD_aux) + a (L_u + L_u')]
 
-with the balanced-margin scale ``alpha * a``. Every ``balance_every`` steps (step 0
+with the balanced-margin scale ``alpha * a``. Every ``balance_every`` (10) steps (step 0
 included), after the forward and before the loss, ``a <- clip(0.99 a + 0.01 r a, 0, 1)``
 where ``r = CE_teacher / CE_student``: each model's cross-entropy of its strong-view logits
 against its own weak-view arg-max, averaged over the steps since the last update
@@ -17,15 +18,18 @@ against its own weak-view arg-max, averaged over the steps since the last update
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from finessl.algorithms.base import ALGORITHMS, Batch, ViewLogits
 from finessl.algorithms.components import soft_cross_entropy
-from finessl.algorithms.pseudo_labeling import PseudoLabeling
-from finessl.config import AlgorithmConfig
+from finessl.algorithms.self_training import SelfTraining
+from finessl.config import AlgorithmConfig, opt
 from finessl.errors import ConfigError
+from finessl.options import method_options
 
 
 class Teacher:
@@ -64,13 +68,22 @@ def own_label_cross_entropy(strong_logits: torch.Tensor, weak_logits: torch.Tens
     return F.cross_entropy(strong_logits.float(), weak_logits.argmax(dim=-1), reduction="none")
 
 
+@method_options("algorithm", "semikd", aliases={"teacher": "teacher"})
+@dataclass
+class SemiKDOptions:
+    """SemiKD's teacher and adaptive balance."""
+
+    teacher: str | None = opt(None, "run directory of the trained teacher")
+    balance_every: int = opt(10, "steps between updates of the balance a", ge=1)
+    balance_start: float = opt(0.5, "initial balance a between distillation and self-training",
+                               ge=0, le=1)
+
+
 @ALGORITHMS.register("semikd")
-class SemiKD(PseudoLabeling):
-    name = "semikd"
+class SemiKD(SelfTraining):
     weak_grad = True  # distillation trains the student's weak-view logits
-    defaults = {**PseudoLabeling.defaults, "unlabeled_weight": 5.0, "strong_views": 1,
+    defaults = {**SelfTraining.defaults, "unlabeled_weight": 5.0, "strong_views": 1,
                 "bms": True, "dls": True, "weighting": "aux"}
-    balance_every = 10
 
     def __init__(self, config: AlgorithmConfig, num_classes: int, num_unlabeled: int, *,
                  teacher: Teacher | None = None, **context) -> None:
@@ -78,7 +91,8 @@ class SemiKD(PseudoLabeling):
         if teacher is None:
             raise ConfigError("semikd needs a teacher: use 'finessl distill --teacher RUN_DIR'")
         self.teacher = teacher
-        self.register_buffer("balance", torch.tensor(0.5))
+        self.settings = config.options("semikd")
+        self.register_buffer("balance", torch.tensor(float(self.settings.balance_start)))
         # Since the last balance update: sum of teacher CE, sum of student CE, samples.
         self.register_buffer("ratio_sums", torch.zeros(3, dtype=torch.float64))
         self._teacher_weak: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -96,7 +110,7 @@ class SemiKD(PseudoLabeling):
             teacher_ce, student_ce = self.dist.gather(teacher_ce), self.dist.gather(student_ce)
             self.ratio_sums += torch.stack([teacher_ce.sum(), student_ce.sum(),
                                             torch.tensor(float(teacher_ce.numel()))]).to(self.ratio_sums)
-            if int(self.steps) % self.balance_every == 0:
+            if int(self.steps) % self.settings.balance_every == 0:
                 teacher_sum, student_sum, _ = self.ratio_sums.tolist()
                 ratio = teacher_sum / max(student_sum, 1e-8)
                 self.balance.fill_(updated_balance(self.balance.item(), ratio))

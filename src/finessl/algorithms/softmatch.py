@@ -10,17 +10,26 @@ weighting; ``w = exp(-(min(c - mu_t, 0))^2 / (2 var_t / n_sigma^2))``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from finessl.algorithms.base import ALGORITHMS, Batch
-from finessl.algorithms.pseudo_labeling import PseudoLabeling
-from finessl.config import AlgorithmConfig
+from finessl.algorithms.self_training import SelfTraining
+from finessl.config import AlgorithmConfig, opt
+from finessl.options import method_options
+
+
+@method_options("algorithm", "softmatch", aliases={"softmatch_sigmas": "sigmas"})
+@dataclass
+class SoftMatchOptions:
+    """SoftMatch's truncated Gaussian."""
+
+    sigmas: float = opt(2.0, "n_sigma: the Gaussian's width in standard deviations", gt=0)
 
 
 @ALGORITHMS.register("softmatch")
-class SoftMatch(PseudoLabeling):
-    name = "softmatch"
-
+class SoftMatch(SelfTraining):
     def __init__(self, config: AlgorithmConfig, num_classes: int, num_unlabeled: int,
                  **context) -> None:
         super().__init__(config, num_classes, num_unlabeled, **context)
@@ -48,5 +57,5 @@ class SoftMatch(PseudoLabeling):
         if confidence.numel() > 1:
             self.var.mul_(m).add_((1 - m) * confidence.var(unbiased=True))
         gap = torch.clamp(confidence - self.mu, max=0.0)
-        weight = torch.exp(-(gap ** 2) / (2 * self.var / self.config.softmatch_sigmas ** 2))
+        weight = torch.exp(-(gap ** 2) / (2 * self.var / self.config.options("softmatch").sigmas ** 2))
         return weight, confidence >= self.mu

@@ -10,7 +10,6 @@ from finessl.algorithms.base import ALGORITHMS, Algorithm, Batch, StepResult
 
 @ALGORITHMS.register("supervised")
 class Supervised(Algorithm):
-    name = "supervised"
     uses_unlabeled = False
 
     def step(self, model: nn.Module, batch: Batch) -> StepResult:

@@ -64,11 +64,12 @@ def torchvision_download(root: Path) -> bool:
     return True
 
 
-def ensure_fashion_mnist(root: str | Path, *, install: Callable[[str], bool] = apt_install,
-                         download: Callable[[Path], bool] = torchvision_download) -> str:
+def ensure_fashion_mnist(root: str | Path, *, install: Callable[[str], bool] | None = None,
+                         download: Callable[[Path], bool] | None = None) -> str:
     """Makes Fashion-MNIST available under ``root`` (or from Debian's package); returns how:
     ``present``, ``debian``, ``apt``, ``download``."""
     root = Path(root)
+    install, download = install or apt_install, download or torchvision_download
     if present(root):
         return "present"
     if debian_present():

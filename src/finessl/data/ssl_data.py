@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -16,6 +17,7 @@ from torch.utils.data import Dataset
 from finessl.config import DataConfig
 from finessl.data.augment import Transforms, build_transforms, raw_transform
 from finessl.data.datasets import SourceData, load_source, probe_image
+from finessl.data.extra_labels import apply_extra_labels
 from finessl.data.gpu_augment import BatchAugment
 from finessl.data.splits import split_labeled_unlabeled
 from finessl.errors import DataError
@@ -24,17 +26,20 @@ log = logging.getLogger(__name__)
 
 
 class LabeledView(Dataset):
-    """``(image, label)`` for a subset of a source."""
+    """``(image, label)`` for a subset of a source; ``labels`` overrides some (extra labels)."""
 
-    def __init__(self, source: Dataset, indices: np.ndarray, transform) -> None:
+    def __init__(self, source: Dataset, indices: np.ndarray, transform,
+                 labels: dict[int, int] | None = None) -> None:
         self.source, self.indices, self.transform = source, np.asarray(indices), transform
+        self.labels = labels or {}
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, index: int):
-        image, label = self.source[int(self.indices[index])]
-        return self.transform(image), label
+        position = int(self.indices[index])
+        image, label = self.source[position]
+        return self.transform(image), self.labels.get(position, label)
 
 
 class UnlabeledView(Dataset):
@@ -89,6 +94,7 @@ class SSLData:
     labeled_indices: np.ndarray
     unlabeled_indices: np.ndarray
     device_views: DeviceViews | None = None
+    source: SourceData | None = None  # the images before splitting (for ids and true labels)
 
     @property
     def num_classes(self) -> int:
@@ -115,6 +121,10 @@ def build_ssl_data(
     """Loads the source, splits it and wraps it in augmenting views; with ``check_files``,
     every labeled and test image file is opened once first."""
     source = source if source is not None else load_source(config, seed)
+    extra = apply_extra_labels(Path(config.extra_labels), source, config.name) \
+        if config.extra_labels else None
+    if extra is not None:
+        source = extra.source
     transforms = transforms or build_transforms(image_size, mean, std, config.strong_augment)
     train_transforms, device_views = transforms, None
     if config.gpu_augment:  # the trainer augments raw uint8 batches on its device
@@ -141,6 +151,12 @@ def build_ssl_data(
         labeled_imbalance=config.labeled_imbalance,
         unlabeled_imbalance=config.unlabeled_imbalance,
     )
+    overrides: dict[int, int] = {}
+    if extra is not None:
+        labeled = np.union1d(labeled, extra.indices)
+        overrides = dict(zip(extra.indices.tolist(), extra.labels.tolist()))
+        if not config.extra_labels_in_unlabeled:
+            unlabeled = np.setdiff1d(unlabeled, extra.indices)
     unlabeled = cap_indices(unlabeled, config.max_unlabeled, seed)
     if len(unlabeled) == 0:
         raise DataError("the unlabeled set is empty; add unlabeled images or keep the labeled ones in it")
@@ -150,7 +166,7 @@ def build_ssl_data(
         check_readable(source.test, test_indices, "test")
     return SSLData(
         classes=list(source.classes),
-        labeled=LabeledView(source.train, labeled, train_transforms.weak),
+        labeled=LabeledView(source.train, labeled, train_transforms.weak, overrides),
         unlabeled=UnlabeledView(source.train, unlabeled, train_transforms.weak,
                                 train_transforms.strong, strong_views),
         test=LabeledView(source.test, test_indices, transforms.test),
@@ -158,6 +174,7 @@ def build_ssl_data(
         labeled_indices=labeled,
         unlabeled_indices=unlabeled,
         device_views=device_views,
+        source=source,
     )
 
 

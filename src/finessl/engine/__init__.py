@@ -1,1 +1,1 @@
-"""Training loop, sampling, distributed helpers and checkpoints."""
+"""The engine: the training loop, its callbacks, optimizers and schedules, sampling, timing."""

@@ -152,7 +152,9 @@ def _flat_config(config) -> dict[str, str]:
 
 
 class MLflowLog(Callback):
-    """An MLflow run (``MLFLOW_TRACKING_URI``, else a file store in ``run_dir/mlruns``)."""
+    """An MLflow run: to ``MLFLOW_TRACKING_URI`` (a server or database) when set, else to
+    MLflow's file store in ``run_dir/mlruns`` (which MLflow 3 keeps behind an opt-in,
+    ``MLFLOW_ALLOW_FILE_STORE``, set here for that case only)."""
 
     def __init__(self, run: RunDir, config, every: int) -> None:
         try:
@@ -165,6 +167,7 @@ class MLflowLog(Callback):
 
         self.mlflow, self.every = mlflow, every
         if not os.environ.get("MLFLOW_TRACKING_URI"):
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
             mlflow.set_tracking_uri((run.path / "mlruns").resolve().as_uri())
         mlflow.set_experiment("finessl")
         self.active = mlflow.start_run(run_name=run.path.name)

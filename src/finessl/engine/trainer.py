@@ -324,6 +324,10 @@ class Trainer:
             "world_size": self.dist.world_size,
             "skipped_images": self.skipped_images,
             "epochs": math.ceil(self.step / self.config.train.steps_per_epoch),
+            "num_classes": len(classes),
+            "num_labeled": len(self.data.labeled),
+            "num_unlabeled": len(self.data.unlabeled),
+            "num_test": len(self.data.test),
         }
         if self.run is not None and self.dist.is_main:
             self.run.write_final(final)

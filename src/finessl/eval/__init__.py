@@ -1,4 +1,4 @@
-"""Evaluation metrics."""
+"""Evaluation: metrics, and the HTML report of one run or several."""
 
 from finessl.eval.metrics import classification_metrics, predict_logits
 

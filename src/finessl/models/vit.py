@@ -10,6 +10,7 @@ unchanged. Hook points, in the order a block reaches them::
     qkv(i, qkv, h) -> qkv                           # LoRA (q, v), SSF
     attn_out(i, out, h) -> out                      # SSF
     mlp_in(i, h, x) -> h                            # SSF
+    mlp_hidden(i, hidden) -> hidden                 # (IA)^3: the MLP's activations
     mlp_out(i, out, h) -> out                       # Adapter (sequential), SSF
     mlp_parallel(i, h) -> extra                     # AdaptFormer: added beside the MLP
 """
@@ -27,7 +28,7 @@ from torch.utils.checkpoint import checkpoint
 from finessl.errors import ConfigError
 from finessl.models.backbone_base import Backbone
 
-HOOK_POINTS = ("before_block", "qkv", "attn_out", "mlp_in", "mlp_out", "mlp_parallel")
+HOOK_POINTS = ("before_block", "qkv", "attn_out", "mlp_in", "mlp_hidden", "mlp_out", "mlp_parallel")
 
 
 @dataclass
@@ -43,7 +44,8 @@ class BlockParts:
     proj: Callable
     ls1: Callable
     norm2: Callable
-    mlp: Callable  # h -> out (fc1, act, norm, fc2)
+    mlp_up: Callable  # h -> hidden activations (fc1, act)
+    mlp_down: Callable  # hidden -> out (norm, fc2)
     ls2: Callable
 
 
@@ -100,7 +102,10 @@ class ViTBackbone(Backbone):
         h = parts.norm2(x)
         for hook in hooks["mlp_in"]:
             h = hook(index, h, x)
-        out = parts.mlp(h)
+        hidden = parts.mlp_up(h)
+        for hook in hooks["mlp_hidden"]:
+            hidden = hook(index, hidden)
+        out = parts.mlp_down(hidden)
         for hook in hooks["mlp_out"]:
             out = hook(index, out, h)
         for hook in hooks["mlp_parallel"]:
@@ -152,13 +157,16 @@ class OpenClipViT(ViTBackbone):
         return self.visual.transformer.resblocks
 
     def parts(self, block: nn.Module) -> BlockParts:
-        attn = block.attn
+        attn, mlp = block.attn, block.mlp
+        hidden_norm = getattr(mlp, "ln", _identity)  # open_clip's scale_fc MLPs
         return BlockParts(
             norm1=block.ln_1,
             qkv=lambda h: F.linear(h, attn.in_proj_weight, attn.in_proj_bias),
             num_heads=attn.num_heads,
             q_norm=_identity, k_norm=_identity, attn_post=_identity,
-            proj=attn.out_proj, ls1=block.ls_1, norm2=block.ln_2, mlp=block.mlp, ls2=block.ls_2,
+            proj=attn.out_proj, ls1=block.ls_1, norm2=block.ln_2,
+            mlp_up=lambda h: mlp.gelu(mlp.c_fc(h)), mlp_down=lambda x: mlp.c_proj(hidden_norm(x)),
+            ls2=block.ls_2,
         )
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -206,7 +214,8 @@ class TimmViT(ViTBackbone):
             norm1=block.norm1, qkv=attn.qkv, num_heads=attn.num_heads,
             q_norm=attn.q_norm, k_norm=attn.k_norm, attn_post=getattr(attn, "norm", _identity),
             proj=attn.proj, ls1=block.ls1, norm2=block.norm2,
-            mlp=lambda h: mlp.fc2(mlp.norm(mlp.act(mlp.fc1(h)))), ls2=block.ls2,
+            mlp_up=lambda h: mlp.act(mlp.fc1(h)), mlp_down=lambda x: mlp.fc2(mlp.norm(x)),
+            ls2=block.ls2,
         )
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:

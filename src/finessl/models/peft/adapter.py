@@ -8,13 +8,35 @@ is the MLP's (normalised) input.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from finessl.config import ModelConfig
+from finessl.config import ModelConfig, opt
 from finessl.errors import ConfigError
 from finessl.models.backbone_base import Backbone
 from finessl.models.peft.base import PEFT_METHODS, PerBlock
+from finessl.options import method_options
+
+
+@method_options("model", "adapter", aliases={"adapter_dim": "dim", "adapter_scale": "scale"})
+@dataclass
+class AdapterOptions:
+    """Bottleneck adapter after the MLP."""
+
+    dim: int = opt(8, "bottleneck width", ge=1)
+    scale: float = opt(0.1, "output scale")
+
+
+@method_options("model", "adaptformer", aliases={"adaptformer_dim": "dim",
+                                                 "adaptformer_scale": "scale"})
+@dataclass
+class AdaptFormerOptions:
+    """AdaptFormer: a bottleneck parallel to the MLP."""
+
+    dim: int = opt(64, "bottleneck width", ge=1)
+    scale: float = opt(0.1, "output scale")
 
 
 class Bottleneck(nn.Module):
@@ -34,12 +56,9 @@ class Bottleneck(nn.Module):
 
 @PEFT_METHODS.register("adapter")
 class Adapter(PerBlock):
-    name = "adapter"
-
     def __init__(self, config: ModelConfig, backbone: Backbone) -> None:
-        width = getattr(backbone, "width", 0)
-        super().__init__(backbone, config,
-                         lambda: Bottleneck(width, config.adapter_dim, config.adapter_scale))
+        options, width = config.options("adapter"), getattr(backbone, "width", 0)
+        super().__init__(backbone, config, lambda: Bottleneck(width, options.dim, options.scale))
 
     def mlp_out(self, index: int, out: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         module = self.module_for(index)
@@ -48,12 +67,9 @@ class Adapter(PerBlock):
 
 @PEFT_METHODS.register("adaptformer")
 class AdaptFormer(PerBlock):
-    name = "adaptformer"
-
     def __init__(self, config: ModelConfig, backbone: Backbone) -> None:
-        width = getattr(backbone, "width", 0)
-        super().__init__(backbone, config, lambda: Bottleneck(
-            width, config.adaptformer_dim, config.adaptformer_scale))
+        options, width = config.options("adaptformer"), getattr(backbone, "width", 0)
+        super().__init__(backbone, config, lambda: Bottleneck(width, options.dim, options.scale))
 
     def mlp_parallel(self, index: int, h: torch.Tensor) -> torch.Tensor:
         module = self.module_for(index)

@@ -1,20 +1,30 @@
 """LoRA on the query and value projections: ``q += s * B_q A_q h``, ``v += s * B_v A_v h``.
 
 A starts kaiming-uniform, B at zero (so training starts from the backbone's own output);
-``s = lora_alpha / lora_rank`` (the reference: alpha 1, so 1/r).
+``s = alpha / rank`` (``model.lora``; the reference: alpha 1, so 1/r).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from finessl.config import ModelConfig
-from finessl.errors import ConfigError
+from finessl.config import ModelConfig, opt
 from finessl.models.backbone_base import Backbone
 from finessl.models.peft.base import PEFT_METHODS, PerBlock
+from finessl.options import method_options
+
+
+@method_options("model", "lora", aliases={"lora_rank": "rank", "lora_alpha": "alpha"})
+@dataclass
+class LoraOptions:
+    """LoRA on the query and value projections."""
+
+    rank: int = opt(8, "rank r (the paper: 8; 16 for CIFAR-100)", ge=1)
+    alpha: float = opt(1.0, "the update is scaled by alpha / rank", gt=0)
 
 
 class LowRankPair(nn.Module):
@@ -35,14 +45,11 @@ class LowRankPair(nn.Module):
 
 @PEFT_METHODS.register("lora")
 class LoRA(PerBlock):
-    name = "lora"
-
     def __init__(self, config: ModelConfig, backbone: Backbone) -> None:
-        if config.lora_rank < 1:
-            raise ConfigError("model.lora_rank must be at least 1")
+        options = config.options("lora")
         width = getattr(backbone, "width", 0)
-        super().__init__(backbone, config, lambda: LowRankPair(width, config.lora_rank))
-        self.scale = config.lora_alpha / config.lora_rank
+        super().__init__(backbone, config, lambda: LowRankPair(width, options.rank))
+        self.scale = options.alpha / options.rank
         self.width = width
 
     def qkv(self, index: int, qkv: torch.Tensor, h: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,6 @@ def _in_tuned_blocks(backbone: Backbone, config: ModelConfig):
 class LinearProbe(Peft):
     """Backbone frozen; only the heads train."""
 
-    name = "linear"
 
     def __init__(self, config: ModelConfig, backbone: Backbone) -> None:
         super().__init__()
@@ -36,7 +35,6 @@ class LinearProbe(Peft):
 class BitFit(Peft):
     """Every bias of the backbone trains (linear, conv and normalisation biases)."""
 
-    name = "bitfit"
 
     def __init__(self, config: ModelConfig, backbone: Backbone) -> None:
         super().__init__()
@@ -53,7 +51,6 @@ class BitFit(Peft):
 class BatchNormTuning(Peft):
     """Batch-norm scales and shifts train, and their statistics follow the new data (CNNs)."""
 
-    name = "bn-tuning"
 
     def __init__(self, config: ModelConfig, backbone: Backbone) -> None:
         super().__init__()
@@ -72,7 +69,6 @@ class BatchNormTuning(Peft):
 class FullFineTuning(Peft):
     """All feature weights train (of the last k blocks with ``partial``), BN statistics too."""
 
-    name = "full"
 
     def __init__(self, config: ModelConfig, backbone: Backbone) -> None:
         super().__init__()

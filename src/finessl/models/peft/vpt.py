@@ -11,25 +11,34 @@ Prompts start uniform(-v, v), v = sqrt(6 / (3 * patch_h * patch_w + width)).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from finessl.config import ModelConfig
-from finessl.errors import ConfigError
+from finessl.config import ModelConfig, opt
 from finessl.models.backbone_base import Backbone
 from finessl.models.peft.base import PEFT_METHODS, Peft, require_vit, tuned_blocks
+from finessl.options import method_options
+
+
+@method_options("model", "vpt", aliases={"vpt_tokens": "tokens"},
+                used_by=("vpt-deep", "vpt-shallow", "vpt-last"))
+@dataclass
+class VptOptions:
+    """Visual Prompt Tuning (vpt-deep, vpt-shallow, vpt-last)."""
+
+    tokens: int = opt(50, "prompt tokens per layer", ge=1)
 
 
 class VisualPrompts(Peft):
     def __init__(self, config: ModelConfig, backbone: Backbone, block_ids: list[int]) -> None:
         super().__init__()
         require_vit(backbone, self.name)
-        if config.vpt_tokens < 1:
-            raise ConfigError("model.vpt_tokens must be at least 1")
+        tokens = config.options("vpt").tokens
         patch_h, patch_w = backbone.patch_size
         bound = math.sqrt(6.0 / (3 * patch_h * patch_w + backbone.width))
-        prompts = torch.empty(len(block_ids), config.vpt_tokens, backbone.width)
+        prompts = torch.empty(len(block_ids), tokens, backbone.width)
         self.prompts = nn.Parameter(prompts.uniform_(-bound, bound))
         self.slot = {b: i for i, b in enumerate(block_ids)}
 
@@ -43,8 +52,6 @@ class VisualPrompts(Peft):
 
 @PEFT_METHODS.register("vpt-deep")
 class VPTDeep(VisualPrompts):
-    name = "vpt-deep"
-
     def __init__(self, config: ModelConfig, backbone: Backbone) -> None:
         require_vit(backbone, self.name)
         super().__init__(config, backbone, tuned_blocks(backbone, config))
@@ -52,8 +59,6 @@ class VPTDeep(VisualPrompts):
 
 @PEFT_METHODS.register("vpt-shallow")
 class VPTShallow(VisualPrompts):
-    name = "vpt-shallow"
-
     def __init__(self, config: ModelConfig, backbone: Backbone) -> None:
         require_vit(backbone, self.name)
         super().__init__(config, backbone, [0])
@@ -61,8 +66,6 @@ class VPTShallow(VisualPrompts):
 
 @PEFT_METHODS.register("vpt-last")
 class VPTLast(VisualPrompts):
-    name = "vpt-last"
-
     def __init__(self, config: ModelConfig, backbone: Backbone) -> None:
         require_vit(backbone, self.name)
         super().__init__(config, backbone, [backbone.num_layers - 1])

@@ -49,7 +49,7 @@ from finessl.errors import ConfigError
 WEIGHTINGS = ("algorithm", "aux", "main")
 
 
-class PseudoLabeling(Algorithm):
+class SelfTraining(Algorithm):
     """FixMatch-style step; subclasses override the hooks above."""
 
     weak_grad = False  # forward the weak view with gradients (Pseudo-Label, SemiKD)
