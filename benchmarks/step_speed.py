@@ -3,8 +3,9 @@
 Reference-style ("naive"): the labeled, weak and both strong views forwarded together
 with gradients, attention as explicit ``q @ k^T -> softmax -> @ v``, fp32.
 Ours: the weak view without gradients, fused ``scaled_dot_product_attention``, and
-optionally bf16 autocast on the CPU. Same model (CLIP ViT-B/16 + VPT-deep, random
-weights), same batch, same losses; one process, interleaved repetitions.
+optionally bf16 autocast on the CPU. Same model (CLIP ViT-B/16 with QuickGELU, as the
+reference builds it, + VPT-deep, random weights), same batch, same losses; one process,
+interleaved repetitions.
 
     .venv/bin/python benchmarks/step_speed.py [--batch-size 4] [--steps 3] [--out docs/x.md]
 """
@@ -85,7 +86,8 @@ def main() -> None:
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(backbone=args.backbone, pretrained=None, peft="vpt-deep",
-                                    image_size=args.image_size), num_classes=100).train()
+                                    image_size=args.image_size, quick_gelu=True),
+                        num_classes=100).train()
     model.backbone.text = None
     algorithm = build_algorithm(AlgorithmConfig(name="finessl"), 100, 1000)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.03,

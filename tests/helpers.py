@@ -91,19 +91,13 @@ def make_stl10(root: Path, train=20, unlabeled=7, test=10) -> Path:
 
 def model_config(**values):
     """A ModelConfig from keys as the command line names them (``vpt_tokens=3`` works)."""
-    from finessl.config import Config, set_value
+    from finessl.config import make_section
 
-    config = Config()
-    for key, value in values.items():
-        set_value(config, f"model.{key}", value)
-    return config.model
+    return make_section("model", **values)
 
 
 def algorithm_config(**values):
     """An AlgorithmConfig the same way (``flex_warmup=False``, ``name="softmatch"``)."""
-    from finessl.config import Config, set_value
+    from finessl.config import make_section
 
-    config = Config()
-    for key, value in values.items():
-        set_value(config, f"algorithm.{key}", value)
-    return config.algorithm
+    return make_section("algorithm", **values)

@@ -111,7 +111,9 @@ CONFIG_CASES = [
     (["--train.optimizer", "lbfgs"], "sgd, adamw"),
     (["--data.split", "last"], "random, first"),
     (["--algorithm.pace_momentum", "1"], "algorithm.pace_momentum"),
-    (["--model.vpt_tokens", "0"], "model.vpt_tokens"),
+    (["--model.vpt_tokens", "0"], "model.vpt.tokens"),  # the old flat key names the new one
+    (["--model.lora.rank", "0"], "model.lora.rank"),
+    (["--model.lorax.rank", "2"], "model.lora"),
 ]
 
 

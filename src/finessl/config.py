@@ -288,6 +288,15 @@ def set_value(config: Config, dotted: str, value: Any) -> None:
                 raise ConfigError(f"config key {'.'.join(parts[: depth + 1])!r} has no sub-keys")
 
 
+def make_section(section: str, **values: Any) -> Any:
+    """One section (``model``, ``data``, ``algorithm``, ``train``) with keys as the command
+    line names them, e.g. ``make_section("model", backbone="tiny-vit", vpt_tokens=3)``."""
+    config = Config()
+    for key, value in values.items():
+        set_value(config, f"{section}.{key}", value)
+    return getattr(config, section)
+
+
 def apply_overrides(config: Config, overrides: dict[str, str]) -> Config:
     """Applies ``{"train.steps": "100"}``-style string overrides (YAML-parsed values)."""
     for key, raw in overrides.items():
