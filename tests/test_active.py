@@ -166,3 +166,17 @@ def test_loop_reveals_true_labels_round_by_round(tmp_path, capsys):
     assert len({name for name, _ in second}) == 12  # nothing suggested twice
     config = RunDir(out / "round2").read_config()
     assert config.model.init_from.endswith("round1") and config.data.extra_labels.endswith("labels2.csv")
+
+
+def test_a_capped_pool_only_loses_the_newly_labeled_images(tmp_path):
+    from finessl.builder import build_run
+
+    base = {"data.max_unlabeled": "40", "train.tensorboard": "false"}
+    before = build_run(apply_overrides(load_preset("smoke"), base)).data
+    chosen = before.unlabeled_indices[[0, 5, 9, 17, 30]]
+    labels = tmp_path / "labels.csv"
+    labels.write_text("".join(f"synthetic:{i},{before.classes[int(before.source.train_targets[i])]}\n"
+                              for i in chosen))
+    after = build_run(apply_overrides(load_preset("smoke"), {**base, "data.extra_labels": str(labels)})).data
+    assert after.unlabeled_indices.tolist() == np.setdiff1d(before.unlabeled_indices, chosen).tolist()
+    assert set(chosen) <= set(after.labeled_indices.tolist())

@@ -356,6 +356,14 @@ non_negative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
 unit_float = _number(float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
 
 
+def _image_pool_args(parser: argparse.ArgumentParser) -> None:
+    """What every command that reads a pool of images takes."""
+    parser.add_argument("--out", help="CSV file to write (default: standard output)")
+    parser.add_argument("--batch-size", type=positive_int, default=64)
+    parser.add_argument("--workers", type=non_negative_int, default=0, help="image-loading processes")
+    parser.add_argument("--device", default="auto")
+
+
 def _config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", help="a built-in preset (see 'finessl presets')")
     parser.add_argument("--config", help="a YAML config file")
@@ -405,11 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
                                             "classifier, e.g. efficientnet-lite0")
     predict.add_argument("--pretrained", default="imagenet", help="with --backbone")
     predict.add_argument("paths", nargs="+", help="images, folders of images or CSV lists")
-    predict.add_argument("--out", help="CSV file to write (default: standard output)")
-    predict.add_argument("--batch-size", type=positive_int, default=64)
     predict.add_argument("--top-k", type=positive_int, default=1)
-    predict.add_argument("--workers", type=non_negative_int, default=0, help="image-loading processes")
-    predict.add_argument("--device", default="auto")
+    _image_pool_args(predict)
     predict.set_defaults(func=cmd_predict)
 
     label = sub.add_parser("label", help="auto-label an unlabeled pool into a CSV",
@@ -418,15 +423,14 @@ def build_parser() -> argparse.ArgumentParser:
                                        "most confident first).")
     label.add_argument("--run", required=True, help="run directory")
     label.add_argument("paths", nargs="+", help="images, folders of images or CSV lists")
-    label.add_argument("--out", help="CSV file to write (default: standard output)")
     label.add_argument("--threshold", type=unit_float, default=0.9)
     label.add_argument("--max-per-class", type=positive_int)
-    label.add_argument("--batch-size", type=positive_int, default=64)
-    label.add_argument("--workers", type=non_negative_int, default=0)
-    label.add_argument("--device", default="auto")
+    _image_pool_args(label)
     label.set_defaults(func=cmd_label)
 
-    strategies = ["balanced", "entropy", "margin", "kcenter", "random"]
+    from finessl.active.strategies import STRATEGIES
+
+    strategies = ["balanced", *[n for n in STRATEGIES.names() if n != "balanced"]]
     suggest = sub.add_parser("suggest", help="which images to label next",
                              description="Scores a pool with a trained run and writes the --budget "
                                          "images worth labeling next (path, predicted class, "
@@ -437,10 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     suggest.add_argument("--budget", type=positive_int, required=True, help="how many images")
     suggest.add_argument("--strategy", choices=strategies, default="balanced")
     suggest.add_argument("--seed", type=non_negative_int, default=0)
-    suggest.add_argument("--out", help="CSV file to write (default: standard output)")
-    suggest.add_argument("--batch-size", type=positive_int, default=64)
-    suggest.add_argument("--workers", type=non_negative_int, default=0)
-    suggest.add_argument("--device", default="auto")
+    _image_pool_args(suggest)
     suggest.set_defaults(func=cmd_suggest)
 
     loop = sub.add_parser("loop", help="simulate labeling rounds to compare suggestion strategies",

@@ -151,13 +151,13 @@ def build_ssl_data(
         labeled_imbalance=config.labeled_imbalance,
         unlabeled_imbalance=config.unlabeled_imbalance,
     )
-    overrides: dict[int, int] = {}
+    unlabeled = cap_indices(unlabeled, config.max_unlabeled, seed)  # before extra labels: the
+    overrides: dict[int, int] = {}                                   # pool only loses them
     if extra is not None:
         labeled = np.union1d(labeled, extra.indices)
         overrides = dict(zip(extra.indices.tolist(), extra.labels.tolist()))
         if not config.extra_labels_in_unlabeled:
             unlabeled = np.setdiff1d(unlabeled, extra.indices)
-    unlabeled = cap_indices(unlabeled, config.max_unlabeled, seed)
     if len(unlabeled) == 0:
         raise DataError("the unlabeled set is empty; add unlabeled images or keep the labeled ones in it")
     test_indices = cap_indices(np.arange(len(source.test)), config.max_test, seed + 1)
