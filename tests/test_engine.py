@@ -82,7 +82,7 @@ def test_sigterm_on_a_real_process_then_resume(tmp_path):
     metrics = out / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and (not metrics.is_file() or
-                                      len(metrics.read_text().splitlines()) < 5):
+                                      len(metrics.read_text().splitlines()) < 6):
         time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)

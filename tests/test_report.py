@@ -1,5 +1,6 @@
 """`finessl report`: one run (4 and 100 classes) and a comparison, rendered by headless Chromium."""
 
+import json
 import re
 import shutil
 import subprocess
@@ -99,3 +100,16 @@ def test_100_class_report_renders_in_headless_chromium(runs, tmp_path):
     assert result.returncode == 0 and shot.is_file(), result.stderr[-2000:]
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
     assert pixels.std() > 10 and (pixels < 128).mean() > 0.005  # text and plots, not a blank page
+
+
+def test_an_unfinished_run_reports_its_last_evaluation(runs, tmp_path):
+    copy = tmp_path / "unfinished"
+    shutil.copytree(runs / "finessl", copy)
+    (copy / "final.json").unlink()
+    records = [json.loads(line) for line in (copy / "metrics.jsonl").read_text().splitlines()]
+    started = [r for r in records if r["kind"] == "run"]
+    assert started and started[0]["num_classes"] == 4 and started[0]["step"] == 0
+    last_eval = [r for r in records if r["kind"] == "eval"][-1]
+    page = write_report(copy).read_text()
+    assert f"not finished: numbers of the last evaluation (step {last_eval['step']})" in page
+    assert f"<td>top1</td><td>{last_eval['top1']:.4g}</td>" in page

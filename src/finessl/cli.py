@@ -65,7 +65,8 @@ class TqdmProgress:
         self.bar = None
         self.top1 = None
 
-    def on_train_start(self, total_steps: int, start_step: int, images_per_step: int = 0) -> None:
+    def on_train_start(self, total_steps: int, start_step: int, images_per_step: int = 0,
+                       info: dict | None = None) -> None:
         from tqdm import tqdm
 
         self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)

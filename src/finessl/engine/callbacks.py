@@ -26,7 +26,8 @@ EVAL_SCALARS = ("top1", "balanced_acc", "ece", "nll", "top5")
 class Callback:
     """Hooks the application uses to show progress; the library itself only logs."""
 
-    def on_train_start(self, total_steps: int, start_step: int, images_per_step: int = 0) -> None: ...
+    def on_train_start(self, total_steps: int, start_step: int, images_per_step: int = 0,
+                       info: dict | None = None) -> None: ...
     def on_step(self, step: int, logs: dict[str, float]) -> None: ...
     def on_eval(self, step: int, metrics: dict) -> None: ...
     def on_train_end(self, final: dict) -> None: ...
@@ -44,7 +45,8 @@ class LogProgress(Callback):
         self.every, self.total, self.start_step, self.images = every, 0, 0, 0
         self.began = time.time()
 
-    def on_train_start(self, total_steps: int, start_step: int, images_per_step: int = 0) -> None:
+    def on_train_start(self, total_steps: int, start_step: int, images_per_step: int = 0,
+                       info: dict | None = None) -> None:
         self.total, self.start_step, self.images = total_steps, start_step, images_per_step
         self.began = time.time()
 
@@ -75,6 +77,11 @@ class JsonlLog(Callback):
     def _write(self, record: dict) -> None:
         with self.run.open_metrics() as handle:
             handle.write(json.dumps(record) + "\n")
+
+    def on_train_start(self, total_steps: int, start_step: int, images_per_step: int = 0,
+                       info: dict | None = None) -> None:
+        self._write({"kind": "run", "step": start_step, "total_steps": total_steps,
+                     "images_per_step": images_per_step, **(info or {})})
 
     def on_step(self, step: int, logs: dict[str, float]) -> None:
         if step % self.every == 0:

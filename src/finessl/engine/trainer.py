@@ -258,8 +258,11 @@ class Trainer:
     def fit(self) -> dict:
         cfg = self.config.train
         callbacks = list(self.callbacks) if self.dist.is_main else []
+        info = {"num_classes": self.data.num_classes, "num_labeled": len(self.data.labeled),
+                "num_unlabeled": len(self.data.unlabeled), "num_test": len(self.data.test)}
         for callback in callbacks:
-            callback.on_train_start(cfg.steps, self.step, images_per_step=self.images_per_step)
+            callback.on_train_start(cfg.steps, self.step, images_per_step=self.images_per_step,
+                                    info=info)
         with stop_signals() as received:
             self._loop(cfg, cfg.eval_every or cfg.steps_per_epoch, callbacks, received)
         final = self._final()

@@ -90,11 +90,27 @@ def class_rows(summary: RunSummary) -> list[ClassRow]:
     return rows
 
 
+def latest_state(records: list[dict]) -> dict:
+    """A run without final.json (interrupted, or still training): its last evaluation and
+    what it logged at its start stand in for the final numbers."""
+    state: dict = {}
+    for record in records:
+        if record.get("kind") == "run":
+            state.update({k: v for k, v in record.items() if k.startswith("num_")})
+        elif record.get("kind") == "eval":
+            state.update({k: v for k, v in record.items() if k not in ("kind", "epoch")})
+        elif record.get("kind") == "train":
+            state["steps"] = record["step"]
+    if "step" in state:
+        state["steps"] = max(state.pop("step"), state.get("steps", 0))
+    return state
+
+
 def summarise_run(path: str | Path) -> RunSummary:
     """Reads everything a report needs, checking each file (damaged ones are errors)."""
     run = RunDir(path)
     records = run.read_metrics()
-    final = run.read_final() if (run / RunDir.FINAL).is_file() else {}
+    final = run.read_final() if (run / RunDir.FINAL).is_file() else latest_state(records)
     metadata = run.load_adapter()[1] if (run / RunDir.ADAPTER).is_file() else {}
     logits = labels = None
     if (run / RunDir.PREDICTIONS).is_file():
@@ -105,7 +121,10 @@ def summarise_run(path: str | Path) -> RunSummary:
     if not classes and logits is not None:
         classes = [str(k) for k in range(logits.shape[1])]
     config = run.read_config() if config_text else None
+    finished = (run / RunDir.FINAL).is_file()
     context = {
+        "status": "finished" if finished else
+        f"not finished: numbers of the last evaluation (step {final.get('steps', '?')})",
         "backbone": metadata.get("backbone", config.model.backbone if config else "?"),
         "pretrained": metadata.get("pretrained", config.model.pretrained if config else "?"),
         "PEFT": metadata.get("peft", config.model.peft if config else "?"),
