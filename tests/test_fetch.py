@@ -87,10 +87,13 @@ def test_apt_install_only_as_root_with_apt(monkeypatch):
     assert not fetch.apt_install("pkg", run=timeout)
 
 
-def test_demo_reports_missing_data_in_one_line(tmp_path, debian, monkeypatch, capsys):
-    monkeypatch.setattr(fetch, "apt_install", lambda package: False)
-    monkeypatch.setattr(fetch, "torchvision_download", lambda root: False)
+def test_demo_fetches_the_data_first_and_reports_failure_in_one_line(tmp_path, debian,
+                                                                     monkeypatch, capsys):
+    tried = []
+    monkeypatch.setattr(fetch, "apt_install", lambda package: tried.append(package) or False)
+    monkeypatch.setattr(fetch, "torchvision_download", lambda root: tried.append(root) or False)
     assert main(["demo", "--output", str(tmp_path / "demo"), "--data.root", str(tmp_path / "d")]) == 2
+    assert tried == ["dataset-fashion-mnist", tmp_path / "d"]  # apt first, then the download
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "Fashion-MNIST" in err[0] and "apt-get" in err[0]
+    assert len(err) == 1 and "could not be obtained" in err[0] and "apt-get" in err[0]
     assert not (tmp_path / "demo").exists()
