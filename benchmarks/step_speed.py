@@ -3,11 +3,12 @@
 Reference-style ("naive"): the labeled, weak and both strong views forwarded together
 with gradients, attention as explicit ``q @ k^T -> softmax -> @ v``, fp32.
 Ours: the weak view without gradients, fused ``scaled_dot_product_attention``, and
-optionally bf16 autocast on the CPU. Same model (CLIP ViT-B/16 with QuickGELU, as the
+optionally bf16 autocast on the CPU, and (``--compile``) the model under ``torch.compile``
+as ``train.compile true`` runs it. Same model (CLIP ViT-B/16 with QuickGELU, as the
 reference builds it, + VPT-deep, random weights), same batch, same losses; one process,
 interleaved repetitions.
 
-    .venv/bin/python benchmarks/step_speed.py [--batch-size 4] [--steps 3] [--out docs/x.md]
+    .venv/bin/python benchmarks/step_speed.py [--batch-size 4] [--steps 3] [--compile] [--out docs/x.md]
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--compile", action="store_true", help="add torch.compile rows")
     parser.add_argument("--out")
     args = parser.parse_args()
 
@@ -93,19 +95,23 @@ def main() -> None:
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.03,
                                 momentum=0.9)
     batch = make_batch(args.batch_size, args.image_size)
+    compiled = torch.compile(model) if args.compile else None
 
     def run(kind: str) -> None:
         vit_module.attention = explicit_attention if kind == "naive" else FUSED_ATTENTION
-        ctx = (torch.autocast("cpu", dtype=torch.bfloat16) if kind == "ours-bf16"
+        ctx = (torch.autocast("cpu", dtype=torch.bfloat16) if "bf16" in kind
                else contextlib.nullcontext())
+        net = compiled if kind.endswith("compiled") else model
         optimizer.zero_grad(set_to_none=True)
         with ctx:
             loss = naive_step(model, algorithm, batch) if kind == "naive" else \
-                algorithm.step(model, batch).loss
+                algorithm.step(net, batch).loss
         loss.backward()
         optimizer.step()
 
     kinds = ["naive", "ours-fp32", "ours-bf16"]
+    if args.compile:
+        kinds += ["ours-fp32-compiled", "ours-bf16-compiled"]
     times = {k: [] for k in kinds}
     for kind in kinds:  # warm-up
         run(kind)
@@ -130,7 +136,9 @@ def main() -> None:
     ]
     labels = {"naive": "reference-style (4 views with grad, explicit attention, fp32)",
               "ours-fp32": "ours, fp32 (weak view without grad, fused attention)",
-              "ours-bf16": "ours, bf16 autocast on CPU"}
+              "ours-bf16": "ours, bf16 autocast on CPU",
+              "ours-fp32-compiled": "ours, fp32, torch.compile",
+              "ours-bf16-compiled": "ours, bf16 autocast, torch.compile"}
     for kind in kinds:
         lines.append(f"| {labels[kind]} | {best[kind]:.2f} | {images / best[kind]:.2f} | "
                      f"{best['naive'] / best[kind]:.2f}x |")
