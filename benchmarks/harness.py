@@ -1,8 +1,9 @@
 """Results harness: a grid of presets (x tasks) x algorithms x seeds, resumable, as mean +- std.
 
 Every cell is an ordinary run directory under ``--runs``; a finished cell (``final.json``)
-is skipped, an interrupted one resumes from its checkpoint. The table goes to stdout and,
-with ``--doc``, into a marked section of a Markdown file (other sections are kept).
+is skipped, an interrupted one resumes from its checkpoint (or starts over if it had none).
+The table goes to stdout and, with ``--doc``, into a marked section of a Markdown file
+(other sections are kept).
 
 CPU grid used in docs/results.md (Fashion-MNIST, 4 labels/class, EfficientNet-Lite0):
 
@@ -25,6 +26,7 @@ import argparse
 import logging
 import platform
 import re
+import shutil
 import statistics
 import sys
 import time
@@ -54,6 +56,8 @@ def run_cell(preset: str, algorithm: str, seed: int, overrides: dict[str, str], 
     config = apply_overrides(load_preset(preset),
                              {"algorithm.name": algorithm, **overrides, "seed": str(seed)})
     resume = (run / RunDir.STATE).is_file()
+    if not resume and run_dir.exists():  # stopped before its first checkpoint: start over
+        shutil.rmtree(run_dir)
     return train(config, run_dir, callbacks=[LogProgress(200)], resume=resume)
 
 
