@@ -8,6 +8,7 @@ download), so the demo runs on a fresh machine.
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 
@@ -23,12 +24,12 @@ def run_demo(output: Path, overrides: dict[str, str], progress) -> list[dict]:
     from finessl.run import train
     from finessl.rundir import RunDir
 
-    data = apply_overrides(load_preset("demo"), overrides).data
-    if data.name == "fashion-mnist":
-        log.info("Fashion-MNIST: %s", ensure_fashion_mnist(data.root))
+    base = apply_overrides(load_preset("demo"), overrides)
+    if base.data.name == "fashion-mnist":
+        log.info("Fashion-MNIST: %s", ensure_fashion_mnist(base.data.root))
     results = []
     for name in ALGORITHMS:
-        config = apply_overrides(load_preset("demo"), {**overrides, "algorithm.name": name})
+        config = apply_overrides(copy.deepcopy(base), {"algorithm.name": name})
         run = RunDir(output / name)
         run_dir = run.path
         if (run / RunDir.FINAL).is_file():

@@ -110,7 +110,8 @@ def summarise_run(path: str | Path) -> RunSummary:
     """Reads everything a report needs, checking each file (damaged ones are errors)."""
     run = RunDir(path)
     records = run.read_metrics()
-    final = run.read_final() if (run / RunDir.FINAL).is_file() else latest_state(records)
+    finished = (run / RunDir.FINAL).is_file()
+    final = run.read_final() if finished else latest_state(records)
     metadata = run.load_adapter()[1] if (run / RunDir.ADAPTER).is_file() else {}
     logits = labels = None
     if (run / RunDir.PREDICTIONS).is_file():
@@ -121,7 +122,6 @@ def summarise_run(path: str | Path) -> RunSummary:
     if not classes and logits is not None:
         classes = [str(k) for k in range(logits.shape[1])]
     config = run.read_config() if config_text else None
-    finished = (run / RunDir.FINAL).is_file()
     context = {
         "status": "finished" if finished else
         f"not finished: numbers of the last evaluation (step {final.get('steps', '?')})",
