@@ -65,6 +65,11 @@ def _values(per_class) -> list:
     return list(per_class.values()) if isinstance(per_class, dict) else list(per_class)
 
 
+def _training_minutes(results: dict) -> float:
+    """Minutes of training over every cell, resumed segments included (not this call's wall)."""
+    return sum(f["seconds"] for finals in results.values() for f in finals) / 60
+
+
 def summarise(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.2f}"
@@ -80,7 +85,8 @@ def table(results: dict, rows: list[tuple[str, str]], algorithms, seeds, overrid
         f"Machine: {platform.machine()}, {platform.system()}, Python {platform.python_version()}; "
         f"{len(seeds)} seeds ({', '.join(map(str, seeds))}); overrides "
         f"{' '.join(f'{k}={v}' for k, v in overrides.items()) or 'none'}; "
-        f"grid wall time {seconds / 60:.0f} min.",
+        f"training time {_training_minutes(results):.0f} min summed over the runs "
+        f"(this invocation: {seconds / 60:.0f} min of wall time; finished runs are reused).",
         "",
         f"| preset |{' task |' if with_tasks else ''} algorithm | top-1 % | balanced acc. % | ECE | "
         "worst class % | minutes / run | paper top-1 % |",

@@ -68,13 +68,17 @@ def main() -> None:
                                callbacks=[LogProgress(100)])
             results[strategy].append(summary)
             first = first or out
+    training = sum(s["seconds"] for summaries in results.values() for per_seed in summaries
+                   for s in per_seed if s["round"] > 0) + \
+        sum(per_seed[0]["seconds"] for per_seed in results[args.strategies[0]])
     lines = [
         f"Command: `python benchmarks/label_next.py {' '.join(sys.argv[1:])}`",
         "",
         f"Machine: {platform.machine()}, Python {platform.python_version()}; preset {args.preset}; "
         f"{len(args.seeds)} seeds; +{args.budget} labels per round; overrides "
-        f"{' '.join(f'{k}={v}' for k, v in overrides.items()) or 'none'}; wall time "
-        f"{(time.time() - began) / 60:.0f} min.",
+        f"{' '.join(f'{k}={v}' for k, v in overrides.items()) or 'none'}; training time "
+        f"{training / 60:.0f} min summed over the runs, round 0 once per seed (this invocation: "
+        f"{(time.time() - began) / 60:.0f} min of wall time; finished rounds are reused).",
         "",
         "| strategy | " + " | ".join(f"round {r} top-1 %" for r in range(args.rounds + 1)) +
         " | last round balanced % |",

@@ -2,6 +2,7 @@
 (suggest -> extra labels -> warm start) and the simulated loop."""
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -164,6 +165,9 @@ def test_loop_reveals_true_labels_round_by_round(tmp_path, capsys):
     for name, label in second:  # the revealed labels are the true ones
         assert source.classes[int(source.train_targets[int(name.split(":")[1])])] == label
     assert len({name for name, _ in second}) == 12  # nothing suggested twice
+    rounds = json.loads((out / "loop.json").read_text())  # each round's own training time
+    assert [r["seconds"] for r in rounds] == [RunDir(out / f"round{i}").read_final()["seconds"]
+                                              for i in range(3)]
     config = RunDir(out / "round2").read_config()
     assert config.model.init_from.endswith("round1") and config.data.extra_labels.endswith("labels2.csv")
 

@@ -74,7 +74,8 @@ def run_loop(config: Config, output: str | Path, rounds: int, budget: int, strat
             final = train(round_config, run_dir, callbacks=callbacks,
                           resume=(run / RunDir.STATE).is_file())
         summary.append({"round": round_, "extra_labels": len(rows), "top1": final["top1"],
-                        "balanced_acc": final["balanced_acc"], "strategy": strategy, "seed": seed})
+                        "balanced_acc": final["balanced_acc"], "seconds": final["seconds"],
+                        "strategy": strategy, "seed": seed})
         log.info("round %d: %d extra labels, top1 %.2f", round_, len(rows), final["top1"])
     write_json(output / "loop.json", summary)
     return summary
