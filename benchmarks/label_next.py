@@ -68,9 +68,9 @@ def main() -> None:
                                callbacks=[LogProgress(100)])
             results[strategy].append(summary)
             first = first or out
-    training = sum(s["seconds"] for summaries in results.values() for per_seed in summaries
-                   for s in per_seed if s["round"] > 0) + \
-        sum(per_seed[0]["seconds"] for per_seed in results[args.strategies[0]])
+    loops = [loop for per_strategy in results.values() for loop in per_strategy]
+    round0 = sum(loop[0]["seconds"] for loop in results[args.strategies[0]])  # shared per seed
+    training = round0 + sum(r["seconds"] for loop in loops for r in loop[1:])
     lines = [
         f"Command: `python benchmarks/label_next.py {' '.join(sys.argv[1:])}`",
         "",
