@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -101,3 +102,28 @@ def algorithm_config(**values):
     from finessl.config import make_section
 
     return make_section("algorithm", **values)
+
+
+def digest(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` (but the lock) and its SHA-256: to show nothing changed."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".lock"}
+
+
+def run_cli(capsys, argv, code=2):
+    """``finessl ARGV`` in this process; returns its stderr after the common checks: the exit
+    code, no traceback, and (on failure) a message of one to three lines."""
+    from finessl.cli import main
+
+    try:
+        result = main([str(a) for a in argv])
+    except SystemExit as exit_:  # argparse's own usage errors
+        result = exit_.code
+    err = capsys.readouterr().err
+    assert result == code, err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith(("finessl", "usage", "error"))
+             or "error:" in line]
+    if code != 0:
+        assert 1 <= len(lines) <= 3, err
+    return err

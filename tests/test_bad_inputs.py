@@ -7,7 +7,6 @@ that its files are byte-for-byte unchanged afterwards.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import subprocess
@@ -23,7 +22,7 @@ import finessl
 from finessl.cli import main
 from finessl.rundir import RunDir
 
-from helpers import make_image_folder, write_image
+from helpers import digest, make_image_folder, run_cli, write_image
 
 FAST = ["--train.steps", "2", "--train.steps_per_epoch", "2", "--train.tensorboard", "false"]
 
@@ -46,27 +45,6 @@ def run(finished, tmp_path):
 @pytest.fixture
 def image(tmp_path):
     return write_image(tmp_path / "img.png", 0, seed=0)
-
-
-def digest(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != RunDir.LOCK}
-
-
-def run_cli(capsys, argv, code=2):
-    """``finessl ARGV`` in this process; returns its stderr after the common checks."""
-    try:
-        result = main([str(a) for a in argv])
-    except SystemExit as exit_:  # argparse's own usage errors
-        result = exit_.code
-    err = capsys.readouterr().err
-    assert result == code, err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.startswith(("finessl", "usage", "error"))
-             or "error:" in line]
-    if code != 0:
-        assert 1 <= len(lines) <= 3, err
-    return err
 
 
 # --------------------------------------------------------------------------- config values
@@ -448,7 +426,10 @@ def csv_files(tmp_path, rows, test_rows=None, bom=False):
     prefix = "\ufeff" if bom else ""
     (tmp_path / "train.csv").write_text(prefix + "path,label\n" +
                                         "".join(f"{n},{label}\n" for n, label in rows), encoding="utf-8")
-    test_rows = test_rows or [(n, label) for n, label in rows if label][:2]
+    if test_rows is None:  # copies of two labeled images under other names: not training files
+        test_rows = [(f"test_{n}", label) for n, label in rows if label][:2]
+        for name, _ in test_rows:
+            shutil.copy(tmp_path / name[len("test_"):], tmp_path / name)
     (tmp_path / "test.csv").write_text("".join(f"{n},{label}\n" for n, label in test_rows))
     return ["--data.name", "csv", "--data.csv", tmp_path / "train.csv", "--data.test_csv",
             tmp_path / "test.csv"]

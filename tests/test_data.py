@@ -56,7 +56,9 @@ def test_csv_dataset(tmp_path):
         write_image(tmp_path / "img" / f"{i}.png", i % 2, seed=i)
         rows.append(f"img/{i}.png,{'ab'[i % 2] if i < 4 else ''}")
     (tmp_path / "train.csv").write_text("\n".join(rows) + "\n")
-    (tmp_path / "test.csv").write_text("img/0.png,a\nimg/1.png,b\n")
+    for i in range(2):  # the test images are not training images
+        write_image(tmp_path / "img" / f"t{i}.png", i, seed=50 + i)
+    (tmp_path / "test.csv").write_text("img/t0.png,a\nimg/t1.png,b\n")
     cfg = DataConfig(name="csv", csv=str(tmp_path / "train.csv"),
                      test_csv=str(tmp_path / "test.csv"), labels_per_class=None)
     source = load_source(cfg, 0)

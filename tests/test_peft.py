@@ -145,8 +145,8 @@ def test_adapter_weights_round_trip(family, method, tmp_path):
         for p in model.parameters():
             if p.requires_grad:
                 p.add_(0.01 * torch.randn_like(p))
-    meta = {"peft": method, "classes": ["a", "b", "c"], "num_features": 0, "image_size": 32,
-            "mean": [0.5] * 3, "std": [0.5] * 3}
+    meta = {"peft": method, "classes": ["a", "b", "c"], "num_features": model.backbone.num_features,
+            "image_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3}
     RunDir(tmp_path).save_adapter(model.trainable_state_dict(), meta)
     torch.manual_seed(123)  # a different random init of the PEFT modules and heads
     fresh = build_model(config(family, method), num_classes=3)

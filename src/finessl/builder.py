@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 
 from finessl import __version__
 from finessl.algorithms import Algorithm, algorithm_class, build_algorithm
+from finessl.audit.pool_filter import PoolFilter, judge_pool
 from finessl.config import Config, load_config, load_preset, validate_config
 from finessl.data.augment import Transforms, build_transforms
 from finessl.data.datasets import DATASETS, SourceData, load_source
@@ -27,6 +28,7 @@ from finessl.distributed import DistEnv
 from finessl.errors import ConfigError
 from finessl.models import FinesslModel, build_backbone, build_model
 from finessl.models.backbone_base import Backbone, ModuleBackbone
+from finessl.models.backbones import check_backbone_name
 from finessl.models.peft.base import PEFT_METHODS, peft_names
 
 
@@ -43,11 +45,13 @@ def as_config(config: Config | str | Path | dict) -> Config:
 
 
 def check_names(config: Config) -> None:
-    """Registry names (algorithm, dataset, PEFT methods), before anything heavy is built."""
+    """Registry names (algorithm, dataset, PEFT methods, backbone), before anything heavy is
+    built: every command that takes a configuration checks them the same way."""
     algorithm_class(config.algorithm)
     DATASETS.get(config.data.name)
     for name in peft_names(config.model):
         PEFT_METHODS.get(name)
+    check_backbone_name(config.model.backbone)
 
 
 def wrap_backbone(backbone: nn.Module, sample: torch.Tensor | None) -> Backbone:
@@ -72,14 +76,17 @@ class RunPieces:
     model: FinesslModel
     algorithm: Algorithm
     metadata: dict[str, Any]
+    pool_filter: PoolFilter | None = None  # what algorithm.ood dropped from the pool
 
 
 def build_run(config: Config, *, backbone: nn.Module | None = None, source: SourceData | None = None,
               transforms: Transforms | None = None, dist: DistEnv | None = None,
-              teacher=None, check_files: bool = True) -> RunPieces:
+              teacher=None, check_files: bool = True,
+              pool_filter: PoolFilter | None = None) -> RunPieces:
     """Builds the pieces of a run. ``backbone``: any module mapping a batch to ``[N, D]``
     features (default: ``config.model``); ``source`` / ``transforms``: your own data and
-    augmentations; ``teacher``: SemiKD's frozen teacher."""
+    augmentations; ``teacher``: SemiKD's frozen teacher; ``pool_filter``: the images
+    ``algorithm.ood`` dropped before (a resumed run), else judged here."""
     user_backbone = backbone is not None
     built = backbone if user_backbone else build_backbone(config.model)
     image_size = getattr(built, "image_size", config.model.image_size or 224)
@@ -93,12 +100,31 @@ def build_run(config: Config, *, backbone: nn.Module | None = None, source: Sour
     model = build_model(config.model, data.num_classes, backbone=built, classes=data.classes)
     if config.model.init_from:
         warm_start(model, config.model.init_from, data.classes)
+    dist = dist or DistEnv()
+    if config.algorithm.ood != "none" and algorithm_class(config.algorithm).uses_unlabeled:
+        pool_filter = pool_filter or _judge_pool(config, model, data, dist)
+        data = data.without_unlabeled(pool_filter.excluded)
     context: dict[str, Any] = {"total_steps": config.train.steps * config.train.accumulate,
-                               "dist": dist or DistEnv()}
+                               "dist": dist}
     if teacher is not None:
         context["teacher"] = wrap_teacher(teacher, data.classes, built)
     algorithm = build_algorithm(config.algorithm, data.num_classes, len(data.unlabeled), **context)
-    return RunPieces(config, data, model, algorithm, run_metadata(config, model, data, user_backbone))
+    return RunPieces(config, data, model, algorithm, run_metadata(config, model, data, user_backbone),
+                     pool_filter)
+
+
+def _judge_pool(config: Config, model: FinesslModel, data: SSLData, dist: DistEnv) -> PoolFilter:
+    """``algorithm.ood`` with the model as it starts; every process keeps rank 0's verdict."""
+    from finessl.device import resolve_device
+
+    device = resolve_device(config.train.device, dist.local_rank)
+    model.to(device).eval()
+    verdict = judge_pool(model.features, data, config.algorithm.ood, device,
+                         config.train.eval_batch_size, config.seed)
+    model.to("cpu")
+    excluded = dist.broadcast_indices(verdict.excluded, device)
+    scores = verdict.scores if dist.is_main else np.zeros(len(excluded))  # only rank 0 writes them
+    return PoolFilter(excluded, scores, verdict.share)
 
 
 def warm_start(model: FinesslModel, run_dir: str, classes: list[str]) -> None:
@@ -109,10 +135,10 @@ def warm_start(model: FinesslModel, run_dir: str, classes: list[str]) -> None:
     state, meta = run.load_adapter()
     if list(meta["classes"]) != list(classes):
         raise ConfigError(f"model.init_from {run_dir}: that run has other classes than this data")
-    ours = model.trainable_state_dict()
-    if set(ours) != set(state) or any(ours[k].shape != state[k].shape for k in ours):
-        raise ConfigError(f"model.init_from {run_dir}: its adapter does not fit this model "
-                          "(use the same backbone and PEFT method)")
+    problem = model.adapter_mismatch(state, meta)
+    if problem:
+        raise ConfigError(f"model.init_from {run_dir}: {problem}; a warm start needs the same "
+                          "backbone, weights, model.init_seed and PEFT method")
     model.load_state_dict(state, strict=False)
 
 

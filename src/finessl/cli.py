@@ -36,12 +36,24 @@ def parse_overrides(tokens: list[str]) -> dict[str, str]:
     return overrides
 
 
-def _resolve_config(args, overrides: dict[str, str]):
-    from finessl.config import apply_overrides, load_config, load_preset
+def _resolve_config(args, overrides: dict[str, str], default=None):
+    """The configuration of a command: preset / config file / resumed run, then overrides;
+    validated and its names checked the same way for every command."""
+    from finessl.builder import check_names
+    from finessl.config import apply_overrides
+
+    config = _base_config(args, default)
+    config = apply_overrides(config, overrides)
+    check_names(config)
+    return config
+
+
+def _base_config(args, default):
+    from finessl.config import load_config, load_preset
     from finessl.errors import ConfigError
     from finessl.rundir import RunDir
 
-    if args.resume:
+    if getattr(args, "resume", None):
         if args.preset or args.config:
             raise ConfigError("--resume continues a run with its own config; give overrides only")
         run = RunDir(args.resume)
@@ -53,9 +65,11 @@ def _resolve_config(args, overrides: dict[str, str]):
         config = load_preset(args.preset)
     elif args.config:
         config = load_config(args.config)
+    elif default is not None:
+        config = default
     else:
         raise ConfigError("choose a configuration: --preset NAME (see 'finessl presets') or --config FILE")
-    return apply_overrides(config, overrides)
+    return config
 
 
 class TqdmProgress:
@@ -160,23 +174,50 @@ def _report_failures(report) -> None:
             print(f"  {path}: {reason}", file=sys.stderr)
 
 
-def check_writable(path: str | None, what: str = "--out") -> None:
-    """Fails fast (before any work) when an output file cannot be written there."""
+def check_writable(path: str | None, what: str = "--out", inputs=()) -> None:
+    """Fails fast (before any work) when an output file cannot be written there, or would
+    replace one of the command's ``inputs``."""
     from finessl.errors import FinesslError
 
     if not path:
         return
-    folder = Path(path).expanduser().resolve().parent
+    target = Path(path).expanduser()
+    if target.is_symlink() and not target.exists():
+        raise FinesslError(f"{what} {path} is a symbolic link to a missing file; give a plain "
+                           "file name")
+    folder = target.resolve().parent
     if not folder.is_dir():
         raise FinesslError(f"{what} {path}: the folder {folder} does not exist")
-    if Path(path).is_dir():
+    if target.is_dir():
         raise FinesslError(f"{what} {path} is a folder; give a file name")
     if not os.access(folder, os.W_OK):
         raise FinesslError(f"{what} {path}: the folder {folder} is not writable")
+    written = os.path.realpath(target)
+    for given in inputs:
+        if os.path.realpath(given) == written:
+            raise FinesslError(f"{what} {path} is also an input of this command; write the "
+                               "output to another file")
 
 
+@contextlib.contextmanager
 def _open_out(path: str | None):
-    return open(path, "w", newline="") if path else contextlib.nullcontext(sys.stdout)
+    """The output CSV: standard output, or a file that appears whole when the command
+    succeeds (written beside it, then renamed; a link there is replaced, not followed)."""
+    if not path:
+        yield sys.stdout
+        return
+    import tempfile
+
+    target = Path(path).expanduser()
+    handle, tmp = tempfile.mkstemp(dir=target.resolve().parent, prefix=f".{target.name}.",
+                                   suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", newline="", encoding="utf-8") as out:
+            yield out
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def cmd_predict(args, overrides) -> int:
@@ -184,7 +225,7 @@ def cmd_predict(args, overrides) -> int:
 
     from finessl.inference import collect_images
 
-    check_writable(args.out)
+    check_writable(args.out, inputs=args.paths)
     images = collect_images(args.paths)
     predictor = _predictor(args)
     report = predictor.predict(images, batch_size=args.batch_size, top_k=args.top_k,
@@ -209,7 +250,7 @@ def cmd_label(args, overrides) -> int:
     from finessl.inference import auto_label, collect_images
 
     args.backbone = None
-    check_writable(args.out)
+    check_writable(args.out, inputs=args.paths)
     images = collect_images(args.paths)
     predictor = _predictor(args)
     report = predictor.predict(images, batch_size=args.batch_size, workers=args.workers)
@@ -232,7 +273,7 @@ def cmd_suggest(args, overrides) -> int:
 
     from finessl.active.suggest import suggest, write_suggestions
 
-    check_writable(args.out)
+    check_writable(args.out, inputs=args.paths)
     bar = tqdm(unit="img", disable=not sys.stderr.isatty(), desc="scoring the pool")
     try:
         report = suggest(args.run, args.budget, pool=args.paths or None, strategy=args.strategy,
@@ -247,6 +288,38 @@ def cmd_suggest(args, overrides) -> int:
               "add a label column (path,label) and train with --data.extra_labels FILE "
               f"--init-from {args.run}", file=sys.stderr)
     _report_failures(report)
+    return 0
+
+
+def cmd_audit(args, overrides) -> int:
+    from tqdm import tqdm
+
+    from finessl.audit.audit import AuditSettings, audit
+    from finessl.audit.output import summary, write_audit
+    from finessl.errors import FinesslError
+    from finessl.rundir import RunDir
+
+    if args.run and not (args.preset or args.config):
+        args.resume = None
+        config = _resolve_config(args, overrides, default=RunDir(args.run).read_config())
+    else:
+        args.resume = None
+        config = _resolve_config(args, overrides)
+    if not args.out and not args.run:
+        raise FinesslError("give --out DIR (where audit.json and the page go)")
+    out = Path(args.out) if args.out else Path(args.run) / "audit"
+    if out.exists() and not out.is_dir():
+        raise FinesslError(f"--out {out} exists and is not a folder")
+    settings = AuditSettings(batch_size=args.batch_size, workers=args.workers, device=args.device)
+    settings.score = args.score or settings.score
+    settings.near_similarity = args.near_similarity or settings.near_similarity
+    bar = tqdm(unit="img", disable=not sys.stderr.isatty(), desc="scanning")
+    try:
+        result = audit(config, args.run, settings, progress=bar.update)
+    finally:
+        bar.close()
+    write_audit(result, out, result.image)
+    print(summary(result, out))
     return 0
 
 
@@ -278,7 +351,8 @@ def cmd_report(args, overrides) -> int:
 def cmd_export(args, overrides) -> int:
     from finessl.inference import export, load
 
-    check_writable(args.out)
+    run_files = list(Path(args.run).iterdir()) if Path(args.run).is_dir() else []
+    check_writable(args.out, inputs=run_files)
     path = export(load(args.run, device="cpu"), args.out, args.format)
     print(f"exported {args.format} model to {path}")
     return 0
@@ -313,11 +387,9 @@ def cmd_bench(args, overrides) -> int:
 
 
 def cmd_config(args, overrides) -> int:
-    from finessl.config import Config, apply_overrides, describe, load_config, load_preset
+    from finessl.config import Config, describe
 
-    config = load_preset(args.preset) if args.preset else load_config(args.config) if args.config \
-        else Config()
-    print(describe(apply_overrides(config, overrides)), end="")
+    print(describe(_resolve_config(args, overrides, default=Config())), end="")
     return 0
 
 
@@ -355,13 +427,15 @@ def _number(kind, test, wanted: str):
 positive_int = _number(int, lambda v: v >= 1, "an integer >= 1")
 non_negative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
 unit_float = _number(float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
+worker_count = _number(int, lambda v: 0 <= v <= 4 * (os.cpu_count() or 1),
+                       f"a count of processes from 0 to {4 * (os.cpu_count() or 1)} (4 per CPU)")
 
 
 def _image_pool_args(parser: argparse.ArgumentParser) -> None:
     """What every command that reads a pool of images takes."""
     parser.add_argument("--out", help="CSV file to write (default: standard output)")
     parser.add_argument("--batch-size", type=positive_int, default=64)
-    parser.add_argument("--workers", type=non_negative_int, default=0, help="image-loading processes")
+    parser.add_argument("--workers", type=worker_count, default=0, help="image-loading processes")
     parser.add_argument("--device", default="auto")
 
 
@@ -445,6 +519,25 @@ def build_parser() -> argparse.ArgumentParser:
     _image_pool_args(suggest)
     suggest.set_defaults(func=cmd_suggest)
 
+    audit = sub.add_parser(
+        "audit", help="check the data before training: out-of-distribution and duplicate pool "
+                      "images, test-set copies, wrong-looking seed labels, the pool's class prior",
+        description="One pass of the model (a trained --run's, else the configured pretrained "
+                    "backbone) over the labeled set, the unlabeled pool and the test set of a "
+                    "configuration; writes audit.json, CSV lists, index.html and exclude.csv "
+                    "(for --data.exclude) into --out (default RUN/audit).")
+    _config_args(audit)
+    audit.add_argument("--run", help="a trained run: its model and (without --preset/--config) its data")
+    audit.add_argument("--out", help="folder to write (default: RUN/audit)")
+    audit.add_argument("--score", help="out-of-distribution score: propagation (default), knn or "
+                                       "prototype (docs/results.md compares them)")
+    audit.add_argument("--near-similarity", type=unit_float,
+                       help="thumbnail cosine from which two images are near copies (default 0.998)")
+    audit.add_argument("--batch-size", type=positive_int, default=128)
+    audit.add_argument("--workers", type=worker_count, default=0, help="image-loading processes")
+    audit.add_argument("--device", default="auto")
+    audit.set_defaults(func=cmd_audit)
+
     loop = sub.add_parser("loop", help="simulate labeling rounds to compare suggestion strategies",
                           description="Round 0 trains the configuration; each next round suggests "
                                       "--budget images, reveals their true labels, and trains again "
@@ -508,30 +601,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Exit codes (also in the README).
-EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_INTERRUPTED, EXIT_STOPPED = 0, 1, 2, 130, 143
+EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_STOPPED = 0, 1, 2, 3, 130, 143
 
 
 def main(argv: list[str] | None = None) -> int:
     """Runs one command. Exit codes: 0 done; 2 a problem with the input (one line says
-    which); 143 stopped by SIGTERM / SIGINT after a checkpoint (resume it); 130 interrupted
-    outside training; 1 an unexpected internal error (one line; FINESSL_DEBUG=1 shows the
-    traceback)."""
+    which); 3 training diverged (non-finite loss or weights; the last good checkpoint is
+    kept); 143 stopped by SIGTERM / SIGINT (the last checkpoint is kept: resume it); 130
+    interrupted outside training; 1 an unexpected internal error (one line;
+    FINESSL_DEBUG=1 shows the traceback)."""
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
-    from finessl.errors import FinesslError, TrainingInterrupted
+    from finessl.errors import FinesslError, TrainingDiverged, TrainingInterrupted
 
     try:
         if rest and args.command not in ("train", "demo", "zeroshot", "bench", "distill", "config",
-                                         "loop"):
+                                         "loop", "audit"):
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         overrides = parse_overrides(rest) if rest else {}
         return args.func(args, overrides)
     except TrainingInterrupted as error:
         print(f"finessl: stopped: {error}", file=sys.stderr)
         return EXIT_STOPPED
+    except TrainingDiverged as error:
+        print(f"finessl: error: {error}", file=sys.stderr)
+        return EXIT_DIVERGED
     except FinesslError as error:
         print(f"finessl: error: {error}", file=sys.stderr)
         return EXIT_USER

@@ -7,6 +7,7 @@ resolved form, so ``load_config(run_dir / "config.yaml")`` rebuilds the exact ru
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,18 +17,21 @@ from typing import Any
 
 import yaml
 
-from finessl.errors import ConfigError
+from finessl.errors import ConfigError, shown
 from finessl.options import options_of
 from finessl.registry import unknown_name_message
 
 
 def opt(default: Any, doc: str, *, choices: tuple | None = None, ge: float | None = None,
-        gt: float | None = None, le: float | None = None, lt: float | None = None) -> Any:
+        gt: float | None = None, le: float | None = None, lt: float | None = None,
+        length: int | None = None) -> Any:
     """A config field with its one-line documentation and the values it accepts.
 
     Checked by ``validate_config`` (and on every override); ``finessl config`` prints ``doc``.
+    For a list, ``choices`` and the bounds apply to each item and ``length`` to the list.
     """
-    meta = {"doc": doc, "choices": choices, "ge": ge, "gt": gt, "le": le, "lt": lt}
+    meta = {"doc": doc, "choices": choices, "ge": ge, "gt": gt, "le": le, "lt": lt,
+            "length": length}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -47,11 +51,12 @@ class ModelConfig:
                          choices=("random", "text"))
     text_template: str = opt("a photo of a {}.", "prompt for text-initialised heads and zero-shot")
     logit_scale: float = opt(1 / 0.07, "initial scale s of the cosine heads", gt=0)
-    image_size: int | None = opt(None, "input resolution (None = the backbone's own)", ge=8)
+    image_size: int | None = opt(None, "input resolution (None = the backbone's own)", ge=8, le=4096)
     quick_gelu: bool | str = opt("auto", "QuickGELU activation: auto (from the pretrained tag; "
                                          "OpenAI weights need it), true, false",
                                  choices=("auto", True, False))
-    init_seed: int = opt(0, "seed of randomly initialised (pretrained: none) weights", ge=0)
+    init_seed: int = opt(0, "seed of randomly initialised (pretrained: none) weights", ge=0,
+                         le=2**32 - 1)
     grad_checkpointing: bool = opt(False, "recompute block activations in the backward pass "
                                           "(less memory, ~30 % more compute)")
     cache_dir: str | None = opt(None, "where downloaded weights are cached (None = the default)")
@@ -79,6 +84,8 @@ class DataConfig:
     extra_labels: str | None = opt(None, "CSV of labels added later (path or DATASET:INDEX, label), "
                                          "e.g. from finessl suggest")
     extra_labels_in_unlabeled: bool = opt(False, "keep the extra-labeled images in the unlabeled pool")
+    exclude: str | None = opt(None, "CSV of images to leave out of training (path or DATASET:INDEX "
+                                    "in the first column), e.g. finessl audit's exclude.csv")
     split: str = opt("random", "labeled draw: random (seeded) or first (the first N, as the "
                                "authors' code)", choices=("random", "first"))
     unlabeled_includes_labeled: bool = opt(True, "the unlabeled pool also holds the labeled images")
@@ -101,9 +108,9 @@ class DataConfig:
     out_of_distribution: bool = opt(False, "semi-aves: add the out-of-distribution unlabeled pool")
     label_fraction: float | None = opt(None, "imagenet: labeled fraction per class", gt=0, le=1)
     subset_file: str | None = opt(None, "imagenet: file listing the labeled images (1percent.txt)")
-    num_classes: int = opt(10, "synthetic dataset: classes", ge=2)
-    synthetic_size: int = opt(200, "synthetic dataset: training images", ge=1)
-    synthetic_test_size: int = opt(100, "synthetic dataset: test images", ge=1)
+    num_classes: int = opt(10, "synthetic dataset: classes", ge=2, le=100_000)
+    synthetic_size: int = opt(200, "synthetic dataset: training images", ge=1, le=10**8)
+    synthetic_test_size: int = opt(100, "synthetic dataset: test images", ge=1, le=10**8)
 
 
 @dataclass
@@ -143,6 +150,9 @@ class AlgorithmConfig:
                                       "confidence, FineSSL), main (main confidence)",
                                 choices=(None, "algorithm", "aux", "main"))
     ema_momentum: float = opt(0.999, "FreeMatch / SoftMatch / DebiasPL EMA momentum", ge=0, lt=1)
+    ood: str = opt("none", "out-of-distribution pool images: none (keep all), filter (drop the share "
+                           "judged foreign before training), auto (filter when it is >= 20 %)",
+                   choices=("none", "auto", "filter"))
     # Per-algorithm sections (algorithm.softmatch, algorithm.semikd, ...), beside each algorithm.
     methods: dict[str, Any] = field(default_factory=dict, metadata={"methods": "algorithm"})
 
@@ -164,7 +174,8 @@ class TrainConfig:
     optimizer: str = opt("sgd", "sgd (the paper's) or adamw", choices=("sgd", "adamw"))
     lr: float = opt(0.03, "learning rate", gt=0)
     momentum: float = opt(0.9, "SGD momentum", ge=0, lt=1)
-    betas: list[float] = opt([0.9, 0.999], "AdamW betas")
+    betas: list[float] = opt([0.9, 0.999], "AdamW betas (beta1, beta2), each in [0, 1)", ge=0, lt=1,
+                             length=2)
     eps: float = opt(1e-8, "AdamW epsilon", gt=0)
     weight_decay: float = opt(5e-4, "weight decay", ge=0)
     decay_all: bool | None = opt(None, "decay every parameter (None: sgd yes, as the paper; adamw "
@@ -194,7 +205,8 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    seed: int = opt(0, "seed of splits, initialisation, sampling and augmentation", ge=0)
+    seed: int = opt(0, "seed of splits, initialisation, sampling and augmentation", ge=0,
+                    le=2**32 - 1)
     description: str = opt("", "what this configuration is for")
 
     def to_dict(self) -> dict[str, Any]:
@@ -206,7 +218,42 @@ class Config:
         return values
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        return yaml.dump(self.to_dict(), Dumper=_PlainDumper, sort_keys=False)
+
+
+class _PlainDumper(yaml.SafeDumper):
+    """Writes every value out in full: no anchors or aliases, which the loader refuses."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """Safe YAML that refuses duplicate keys (the first would be dropped silently) and
+    aliases (a few hundred bytes of nested aliases expand to gigabytes: an alias bomb)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"YAML aliases (*{event.anchor}) are not allowed in a finessl config",
+                event.start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {shown(key)} (a second section or key of the same "
+                    "name would silently replace the first)", key_node.start_mark)
+            seen.add(key) if isinstance(key, (str, int, float, bool)) else None
+        return super().construct_mapping(node, deep)
+
+
+# A configuration is a few kB; anything far larger is not one (and is not read into memory).
+MAX_CONFIG_BYTES = 1 << 20
 
 
 # --------------------------------------------------------------------------- method sections
@@ -298,13 +345,9 @@ def make_section(section: str, **values: Any) -> Any:
 
 
 def apply_overrides(config: Config, overrides: dict[str, str]) -> Config:
-    """Applies ``{"train.steps": "100"}``-style string overrides (YAML-parsed values)."""
+    """Applies ``{"train.steps": "100"}``-style overrides. A string is read by the type of
+    its key, not as YAML: ``1e-4`` is a float, ``{} in the wild`` a template, ``none`` empty."""
     for key, raw in overrides.items():
-        if isinstance(raw, str):
-            try:
-                raw = yaml.safe_load(raw)
-            except yaml.YAMLError:
-                raise ConfigError(f"--{key}: {raw!r} is not a valid value") from None
         set_value(config, key, raw)
     return validate_config(config)
 
@@ -316,8 +359,18 @@ def validate_config(config: Config) -> Config:
     for section, methods in in_use.items():
         for method in methods:  # config.yaml records the settings of what is used
             method_section(getattr(config, section), section, method)
-    for dotted, value, hint, meta in _walk(config):
-        check_value(dotted, _coerce(dotted, value, hint), meta)
+    for owner, name, dotted, value, hint, meta in _walk(config):
+        value = _coerce(dotted, value, hint)  # a value set from Python ("1e-4") is typed here
+        check_value(dotted, value, meta)
+        setattr(owner, name, value)
+    template = config.model.text_template
+    try:
+        filled = template.format("x")
+    except (IndexError, KeyError, ValueError):
+        filled = None
+    if "{}" not in template or filled is None:
+        raise ConfigError(f"config key 'model.text_template' must hold one {{}} where the class "
+                          f"name goes (e.g. 'a photo of a {{}}.'); got {shown(template)}")
     set_elsewhere = [m for m in config.algorithm.methods if m not in in_use["algorithm"]
                      and dataclasses.asdict(config.algorithm.methods[m]) !=
                      dataclasses.asdict(options_of("algorithm")[m].cls())]
@@ -330,21 +383,26 @@ def validate_config(config: Config) -> Config:
 def check_value(dotted: str, value: Any, meta) -> None:
     """One field's choices and numeric range (None passes where the type allows it)."""
     choices = meta.get("choices")
-    if choices is not None and isinstance(value, list):
+    if isinstance(value, list):
+        length = meta.get("length")
+        if length is not None and len(value) != length:
+            raise ConfigError(f"config key {dotted!r} needs {length} values; got {shown(value)}")
         for item in value:
-            check_value(dotted, item, {"choices": choices})
+            check_value(dotted, item, {**meta, "length": None})
         return
     if choices is not None and value not in choices:
-        shown = ", ".join("none" if c is None else str(c).lower() if isinstance(c, bool) else str(c)
+        names = ", ".join("none" if c is None else str(c).lower() if isinstance(c, bool) else str(c)
                           for c in choices)
-        raise ConfigError(f"config key {dotted!r} must be one of {shown}; got {value!r}")
-    if value is None or isinstance(value, (bool, str, list)):
+        raise ConfigError(f"config key {dotted!r} must be one of {names}; got {shown(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"config key {dotted!r} must be a finite number; got {value!r}")
+    if value is None or isinstance(value, (bool, str)):
         return
     for bound, test, word in (("ge", lambda v, b: v >= b, ">="), ("gt", lambda v, b: v > b, ">"),
                               ("le", lambda v, b: v <= b, "<="), ("lt", lambda v, b: v < b, "<")):
         limit = meta.get(bound)
         if limit is not None and not test(value, limit):
-            raise ConfigError(f"config key {dotted!r} must be {word} {limit}; got {value!r}")
+            raise ConfigError(f"config key {dotted!r} must be {word} {limit}; got {shown(value)}")
 
 
 def _methods_field(obj: Any) -> str | None:
@@ -360,7 +418,7 @@ def _field(cls, name: str) -> dataclasses.Field:
 
 
 def _walk(obj: Any, prefix: str = ""):
-    """(dotted key, value, type hint, metadata) of every leaf field."""
+    """(owner, field name, dotted key, value, type hint, metadata) of every leaf field."""
     hints = typing.get_type_hints(type(obj))
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
@@ -370,27 +428,36 @@ def _walk(obj: Any, prefix: str = ""):
         elif dataclasses.is_dataclass(hints[f.name]):
             yield from _walk(value, f"{prefix}{f.name}.")
         else:
-            yield f"{prefix}{f.name}", value, hints[f.name], f.metadata
+            yield obj, f.name, f"{prefix}{f.name}", value, hints[f.name], f.metadata
 
 
 def read_yaml(path: Path, text: str | None = None) -> Any:
-    """YAML from a file; a syntax error becomes one line with the file and line number."""
+    """YAML from a file (strict: no duplicate keys, no aliases); a syntax error becomes one
+    line with the file and line number."""
     try:
-        return yaml.safe_load(text if text is not None else path.read_text())
+        if text is None:
+            if path.stat().st_size > MAX_CONFIG_BYTES:
+                raise ConfigError(f"{path} is {path.stat().st_size:,} bytes: too large to be a "
+                                  "finessl config")
+            text = path.read_text(encoding="utf-8")
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         problem = getattr(error, "problem", None) or str(error).splitlines()[0]
         raise ConfigError(f"{where}: malformed YAML ({problem})") from None
     except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"cannot read {path}: {error}") from None
+        raise ConfigError(f"cannot read {path}: {str(error)[:200]}") from None
 
 
 def load_config(path: str | Path) -> Config:
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {str(path)!r} is a folder; give a YAML file")
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
-    values = read_yaml(path) or {}
+    values = read_yaml(path)
+    values = {} if values is None else values
     if not isinstance(values, dict):
         raise ConfigError(f"{path} must hold a mapping of config sections")
     return config_from_dict(values)
@@ -454,16 +521,24 @@ def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:
-    """Checks ``value`` against a field's annotation, converting int -> float where fitting.
+    """Checks ``value`` against a field's annotation and converts where the meaning is clear.
 
-    Lists of strings take a YAML list or a comma-separated string."""
+    Text (from the command line, or what YAML 1.1 leaves a string: ``1e-4``) is read by the
+    field's type: numbers in any notation Python reads (``1e-4``, ``1E6``, ``10_000``; an
+    integral float for an int), ``true``/``false`` for a bool, ``none``/``null`` for an
+    empty value; lists take a YAML list or a comma-separated string."""
     options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     list_type = next((o for o in options if typing.get_origin(o) is list), None)
     if list_type is not None and value is not None:
         if isinstance(value, str) and value.lower() not in {"none", "null"}:
-            value = [part.strip() for part in value.split(",") if part.strip()]
-            if value and value[0].startswith("["):  # a YAML list given as one string
-                value = yaml.safe_load(",".join(value))
+            text = value.strip()
+            if text.startswith("["):  # a YAML list given as one string
+                try:
+                    value = yaml.load(text, Loader=_StrictLoader)  # noqa: S506
+                except yaml.YAMLError:
+                    raise ConfigError(f"config key {key!r}: {shown(value)} is not a list") from None
+            else:
+                value = [part.strip() for part in text.split(",") if part.strip()]
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             value = [value]  # one item
         if isinstance(value, (list, tuple)):
@@ -472,16 +547,21 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             for i, v in enumerate(value):
                 if item is str and isinstance(v, int) and not isinstance(v, bool):
                     v = str(v)  # class indices
-                elif item is not str and isinstance(v, str):
-                    v = yaml.safe_load(v)
                 coerced.append(_coerce(f"{key}[{i}]", v, item))
             return coerced
-    if value is None or (isinstance(value, str) and value.lower() in {"none", "null"}):
+    if value is None or (isinstance(value, str) and value.strip().lower() in {"none", "null", "~"}):
         if type(None) in options:
             return None
         if str in options and value is not None:
             return value
         raise ConfigError(f"config key {key!r} cannot be empty")
+    if isinstance(value, str):
+        for option in (o for o in (bool, int, float) if o in options):
+            parsed = _parse_text(value, option)
+            if parsed is not None:
+                return parsed
+        if str in options:
+            return value
     for option in options:
         if option is bool:
             if isinstance(value, bool):
@@ -489,6 +569,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         elif option is int:
             if isinstance(value, int) and not isinstance(value, bool):
                 return value
+            if isinstance(value, float) and value.is_integer() and float not in options:
+                return int(value)  # 1.0e4 in a YAML file
         elif option is float:
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 return float(value)
@@ -496,5 +578,26 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             if isinstance(value, (str, int, float)) and not isinstance(value, bool):
                 return str(value)
     wanted = " or ".join(getattr(o, "__name__", str(o)) for o in options)
-    raise ConfigError(f"config key {key!r} expects {wanted}, got {value!r}")
+    raise ConfigError(f"config key {key!r} expects {wanted}, got {shown(value)}")
 
+
+_TRUE, _FALSE = {"true", "yes", "on"}, {"false", "no", "off"}
+
+
+def _parse_text(text: str, kind: type) -> Any:
+    """``text`` as a ``kind`` (bool, int or float), or None when it is not one."""
+    word = text.strip().lower()
+    if kind is bool:
+        return True if word in _TRUE else False if word in _FALSE else None
+    if word in {".inf", "+.inf", "-.inf", ".nan"}:  # YAML's spellings: refused as non-finite
+        word = word.replace(".", "")
+    try:
+        number = float(word)
+    except ValueError:
+        return None
+    if kind is float:
+        return number
+    try:
+        return int(word)
+    except ValueError:
+        return int(number) if math.isfinite(number) and number.is_integer() else None

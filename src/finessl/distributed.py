@@ -58,6 +58,19 @@ class DistEnv:
         if self.enabled:
             dist.barrier()
 
+    def broadcast_indices(self, values, device: torch.device):
+        """Rank 0's 1-D integer array, on every process (so all agree exactly)."""
+        import numpy as np
+
+        if not self.enabled:
+            return values
+        size = torch.tensor([len(values) if self.is_main else 0], device=device)
+        dist.broadcast(size, 0)
+        tensor = torch.as_tensor(np.asarray(values, dtype=np.int64), device=device) if self.is_main \
+            else torch.zeros(int(size), dtype=torch.int64, device=device)
+        dist.broadcast(tensor, 0)
+        return tensor.cpu().numpy()
+
 
 def init_distributed(device_type: str) -> DistEnv:
     """Joins the process group torchrun describes (nccl on CUDA, gloo on CPU), if any."""

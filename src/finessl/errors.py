@@ -21,3 +21,15 @@ class WeightsUnavailableError(FinesslError):
 
 class TrainingInterrupted(FinesslError):
     """SIGINT / SIGTERM arrived; the run was checkpointed and can be resumed."""
+
+
+class TrainingDiverged(FinesslError):
+    """The loss or the weights became non-finite; the last good checkpoint is kept."""
+
+
+def shown(value: object, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters, so no message echoes a huge value."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text):,} characters)"

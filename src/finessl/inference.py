@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import logging
+import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,11 +24,12 @@ from torch.utils.data import DataLoader, Dataset
 from finessl.config import Config, ModelConfig
 from finessl.data.augment import build_transforms
 from finessl.data.datasets import list_images, load_image
+from finessl.data.extra_labels import resolve_listed
 from finessl.device import resolve_device
 from finessl.errors import DataError, FinesslError
 from finessl.models import build_backbone, build_model
 from finessl.models.backbone_base import Backbone, ModuleBackbone
-from finessl.rundir import RunDir
+from finessl.rundir import RunDir, atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -92,19 +95,19 @@ class Predictor:
             if not ok:
                 continue
             probs = self.model(tensors[ok].to(self.device)).float().softmax(-1).cpu()
+            finite = torch.isfinite(probs).all(dim=-1).tolist()
+            report.failed += [(paths[i], "the model gave non-finite scores") for i, f in zip(ok, finite)
+                              if not f]
             values, indices = probs.topk(min(top_k, probs.shape[1]), dim=-1)
-            for i, vals, idxs in zip(ok, values.tolist(), indices.tolist()):
+            for i, vals, idxs, good in zip(ok, values.tolist(), indices.tolist(), finite):
+                if not good:
+                    continue
                 report.predictions.append(Prediction(
                     paths[i], self.classes[idxs[0]], vals[0],
                     [(self.classes[k], v) for k, v in zip(idxs, vals)]))
         for path, reason in report.failed:
             log.warning("skipped %s: %s", path, reason)
         return report
-
-
-# Metadata the adapter records and the rebuilt model must match (key, what it is).
-CHECKED_METADATA = (("backbone", "backbone"), ("pretrained", "pretrained weights"),
-                    ("activation", "activation"))
 
 
 def load(run_dir: str | Path, device: str = "auto", backbone: nn.Module | None = None) -> Predictor:
@@ -119,11 +122,6 @@ def load(run_dir: str | Path, device: str = "auto", backbone: nn.Module | None =
         raise FinesslError("this run used a user-supplied backbone; pass it to load(backbone=...)")
     if backbone is None:
         backbone = build_backbone(config.model)
-        for key, what in CHECKED_METADATA:
-            built = backbone.source.get(key)
-            if key in meta and built is not None and str(built) != str(meta[key]):
-                raise run.damaged(f"config.yaml builds {what} {built!r} but the adapter was trained "
-                                  f"with {meta[key]!r}")
     elif not isinstance(backbone, Backbone):
         backbone = ModuleBackbone(backbone, meta["num_features"], meta["image_size"],
                                   meta["mean"], meta["std"])
@@ -136,16 +134,10 @@ def load(run_dir: str | Path, device: str = "auto", backbone: nn.Module | None =
         model = build_model(model_config, len(meta["classes"]), backbone=backbone)
     except FinesslError as error:
         raise run.damaged(f"config.yaml does not build its model ({error})") from None
-    ours = model.trainable_state_dict()
-    if set(ours) != set(state) or any(ours[k].shape != state[k].shape for k in ours):
-        raise run.damaged("adapter.safetensors does not fit the model of config.yaml "
-                          "(another run's adapter, or an edited config)")
-    fingerprint = meta.get("frozen_fingerprint")
-    if fingerprint is not None and not meta.get("user_backbone"):
-        rebuilt = model.frozen_fingerprint()
-        if abs(rebuilt - fingerprint) > 1e-6 * max(1.0, abs(fingerprint)):
-            raise run.damaged("the frozen backbone rebuilt from config.yaml differs from the one "
-                              "trained (pretrained file or model.init_seed changed)")
+    problem = model.adapter_mismatch(state, meta)
+    if problem:
+        raise run.damaged(f"adapter.safetensors and config.yaml disagree: {problem} (another run's "
+                          "adapter, or an edited config)")
     model.load_state_dict(state, strict=False)
     target = resolve_device(device)
     model.to(target).eval()
@@ -178,24 +170,36 @@ def pretrained_predictor(backbone: str, pretrained: str = "imagenet", device: st
 
 def collect_images(paths: Sequence[str | Path]) -> list[Path]:
     """Files as given, folders expanded to the images inside, ``.csv`` files read as lists
-    (first column, relative to the CSV). A path that does not exist is an error."""
+    (first column; a relative path is relative to the CSV, as in every list finessl reads).
+    Every path comes back absolute, so lists written from it read the same anywhere. A path
+    that does not exist is an error."""
     found: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
             found += list_images(path)
         elif path.is_file() and path.suffix.lower() == ".csv":
-            with path.open(newline="") as handle:
-                for row in csv.reader(handle):
-                    if row and row[0].strip() and row[0].strip().lower() not in ("path", "image"):
-                        item = Path(row[0].strip())
-                        found.append(item if item.is_absolute() else path.parent / item)
+            found += _csv_images(path)
         elif path.is_file():
             found.append(path)
         else:
             raise FinesslError(f"{str(path)!r} does not exist")
     if not found:
         raise FinesslError("no images found in the given paths")
+    return [Path(os.path.abspath(p)) for p in found]
+
+
+def _csv_images(listing: Path) -> list[Path]:
+    found = []
+    try:
+        with listing.open(newline="", encoding="utf-8-sig") as handle:
+            for row in csv.reader(handle):
+                name = row[0].strip() if row else ""
+                if name and name.lower() not in ("path", "image", "file", "filename", "id"):
+                    found.append(resolve_listed(name, listing))
+    except (UnicodeDecodeError, csv.Error, ValueError) as error:
+        raise FinesslError(f"{listing} is not a readable UTF-8 CSV list of images "
+                           f"({str(error)[:120]})") from None
     return found
 
 
@@ -205,7 +209,7 @@ def auto_label(report: PredictionReport, threshold: float = 0.0,
     the most confident first."""
     kept, per_class = [], Counter()
     for prediction in sorted(report.predictions, key=lambda p: -p.confidence):
-        if prediction.confidence < threshold:
+        if not prediction.confidence >= threshold:  # NaN never passes
             break
         if max_per_class is not None and per_class[prediction.label] >= max_per_class:
             continue
@@ -248,15 +252,21 @@ def export(predictor: Predictor, out: str | Path, fmt: str = "pt2") -> Path:
     size = predictor.image_size
     example = (torch.rand(2, 3, size, size),)
     batch = torch.export.Dim("batch", min=1, max=4096)
+    buffer = io.BytesIO()  # built in memory, then written by Python: a full disk is an OSError
     try:
         with torch.no_grad():
             if fmt == "pt2":
                 program = torch.export.export(wrapped, example, dynamic_shapes=({0: batch},))
-                torch.export.save(program, str(out))
+                torch.export.save(program, buffer)
             else:
-                torch.onnx.export(wrapped, example, str(out), input_names=["images"],
-                                  output_names=["logits"], dynamic_shapes=({0: batch},),
-                                  dynamo=True, external_data=False)
+                onnx_program = torch.onnx.export(wrapped, example, None, input_names=["images"],
+                                                 output_names=["logits"], dynamic_shapes=({0: batch},),
+                                                 dynamo=True, external_data=False)
+                buffer.write(onnx_program.model_proto.SerializeToString())
     finally:
         predictor.model.to(predictor.device)
+    try:
+        atomic_write(out, lambda tmp: tmp.write_bytes(buffer.getvalue()))
+    except OSError as error:
+        raise FinesslError(f"could not write {out}: {error.strerror or error}") from None
     return out

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from finessl.audit.pool_filter import PoolFilter
 from finessl.builder import as_config, build_run, build_test_set, check_names
 from finessl.config import Config, apply_overrides
 from finessl.data.augment import Transforms
@@ -101,17 +102,26 @@ def train(
     dist = init_distributed(resolve_device(config.train.device).type)
     seed_everything(config.seed)
     teacher = _load_teacher(config) if config.algorithm.name == "semikd" else None
+    dropped = run.read_ood_excluded() if resume and config.algorithm.ood != "none" else None
     pieces = build_run(config, backbone=backbone, source=source, transforms=transforms, dist=dist,
-                       teacher=teacher)
+                       teacher=teacher, pool_filter=None if dropped is None else
+                       PoolFilter(dropped, np.zeros(len(dropped)), float("nan")))
     shown = list(callbacks) if callbacks is not None else [LogProgress(config.train.log_every)]
     trainer = Trainer(config, pieces.model, pieces.algorithm, pieces.data, run, metadata=pieces.metadata,
                       dist=dist)
-    if resume:
-        trainer.load_state_dict(run.load_state())  # checked before anything is written
+    if pieces.pool_filter is not None:
+        trainer.notes["ood_dropped"] = len(pieces.pool_filter.excluded)
+    if resume:  # checked before anything is written; no state: stopped before its first checkpoint
+        trainer.load_state_dict(run.load_state() if run.has_state() else None)
     log.info("%s %s: %d labeled, %d unlabeled, %d test images, %d classes, %d trainable "
              "parameters", "resuming" if resume else "training", config.algorithm.name,
              len(pieces.data.labeled), len(pieces.data.unlabeled), len(pieces.data.test),
              pieces.data.num_classes, pieces.model.num_trainable_parameters())
+    missing = pieces.data.test_missing_classes
+    if missing:
+        log.warning("the test set has no images of %d class(es) (%s): their accuracy is not "
+                    "measured and top-1 covers the other classes only (final.json: "
+                    "test_missing_classes)", len(missing), ", ".join(missing[:10]))
     created = not run.path.exists()
     dist.barrier()  # every process has validated before the main one writes
     try:
@@ -121,6 +131,7 @@ def train(
                     run.truncate_metrics(trainer.step)
                 else:
                     run.check_can_start()  # again, now that we hold the lock
+                    _write_pool_filter(run, pieces)
                 run.write_config(config)
                 shown += run_callbacks(run, config)
             trainer.callbacks = shown
@@ -131,6 +142,18 @@ def train(
         if created and failed_start and dist.is_main and run.path.is_dir():
             shutil.rmtree(run.path, ignore_errors=True)
         raise
+
+
+def _write_pool_filter(run: RunDir, pieces) -> None:
+    """``ood_excluded.csv``: what ``algorithm.ood`` dropped (read back on resume)."""
+    from finessl.data.extra_labels import item_id
+
+    verdict = pieces.pool_filter
+    if verdict is None:
+        return
+    source, name = pieces.data.source, pieces.config.data.name
+    run.write_ood_excluded([(int(i), item_id(name, source, int(i)), float(s))
+                            for i, s in zip(verdict.excluded, verdict.scores)])
 
 
 def _load_teacher(config: Config):

@@ -9,18 +9,24 @@
   test_predictions.safetensors   test-set logits and labels of the latest evaluation
   final.json                     final metrics; eval.json: a later re-evaluation
   tensorboard/, report/          event files; the HTML report
+  metrics.csv, mlruns/, wandb/   the optional trackers (train.loggers)
   .lock                          held (flock) by the process writing the run
 
-Every file is written atomically (a temporary file in the same folder, then a rename), and
-nothing is ever unpickled: tensors live in safetensors files, everything else in JSON, so a
-crafted file can at worst fail to load. A damaged file is reported as one line naming it.
+Every file is written atomically (a temporary file in the same folder, then a rename) or,
+for the two append-only files (metrics.jsonl, .lock), opened without following links; a
+run directory that holds symbolic links is refused, so nothing a run writes lands outside
+it. Nothing is ever unpickled: tensors live in safetensors files, everything else in
+strict JSON (no NaN), so a crafted file can at worst fail to load. A damaged file is
+reported as one line naming it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -64,8 +70,36 @@ def _umask() -> int:
     return current
 
 
+def finite_json(data: Any) -> Any:
+    """``data`` with every NaN / infinity replaced by None: what strict JSON can hold."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: finite_json(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [finite_json(v) for v in data]
+    return data
+
+
+def dumps(data: Any, **kwargs) -> str:
+    """Strict JSON (non-finite numbers become null), as every file of a run is written."""
+    return json.dumps(finite_json(data), allow_nan=False, **kwargs)
+
+
 def write_json(path: Path, data: Any) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
+    atomic_write(path, lambda tmp: tmp.write_text(dumps(data, indent=2) + "\n"))
+
+
+def open_no_follow(path: Path, flags: int, what: str):
+    """Opens ``path`` for writing without following a symbolic link at its end."""
+    try:
+        fd = os.open(path, flags | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o666)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise RunDirError(f"{path} is a symbolic link; {what} is never written through a "
+                              "link (remove it)") from None
+        raise
+    return fd
 
 
 # --------------------------------------------------------------------------- state codec
@@ -133,9 +167,15 @@ class RunDir:
     EVAL = "eval.json"
     TENSORBOARD = "tensorboard"
     REPORT = "report"
+    CSV = "metrics.csv"
+    OOD_EXCLUDED = "ood_excluded.csv"
+    AUDIT = "audit"
+    MLRUNS = "mlruns"
+    WANDB = "wandb"
     LOCK = ".lock"
-    # What makes a folder "hold a run": a new run may not start over any of these.
-    RUN_FILES = (CONFIG, METRICS, ADAPTER, STATE, LEGACY_STATE, PREDICTIONS, FINAL)
+    # What makes a folder "hold a run": a new run may not start over any file a run writes.
+    RUN_FILES = (CONFIG, METRICS, ADAPTER, STATE, LEGACY_STATE, PREDICTIONS, FINAL, EVAL,
+                 TENSORBOARD, REPORT, CSV, OOD_EXCLUDED, MLRUNS, WANDB)
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -149,32 +189,70 @@ class RunDir:
     # ------------------------------------------------------------------ ownership
 
     def existing_run_files(self) -> list[str]:
-        return [name for name in self.RUN_FILES if (self.path / name).exists()]
+        return [name for name in self.RUN_FILES if os.path.lexists(self.path / name)]
+
+    # The names that must be plain files wherever they exist.
+    FILES = (CONFIG, METRICS, ADAPTER, STATE, PREDICTIONS, FINAL, EVAL, CSV, OOD_EXCLUDED, LOCK)
+
+    def check_no_links(self) -> None:
+        """A run writes only inside its folder: a folder holding symbolic links (or a folder
+        where one of its files should be) is refused."""
+        if not self.path.is_dir():
+            return
+        for name in self.FILES:
+            path = self.path / name
+            if path.exists() and not path.is_symlink() and not path.is_file():
+                raise self.damaged(f"{name} is not a file")
+        for folder, dirs, files in os.walk(self.path):
+            for name in dirs + files:
+                if os.path.islink(os.path.join(folder, name)):
+                    raise RunDirError(
+                        f"{os.path.join(folder, name)} is a symbolic link; a run directory may not "
+                        "hold links (finessl would write through them). Remove it.")
 
     def check_can_start(self) -> None:
         """A new run needs a folder without an earlier run's files."""
+        if os.path.islink(self.path) and not self.path.exists():
+            raise RunDirError(f"{self.path} is a symbolic link to a folder that does not exist")
         if self.path.exists() and not self.path.is_dir():
             raise RunDirError(f"{self.path} exists and is not a folder")
         found = self.existing_run_files()
         if found:
-            raise RunDirError(f"{self.path} already holds a run ({', '.join(found)}); continue it "
-                              f"with --resume {self.path}, or choose another --output")
+            hint = (f"it stopped before its first checkpoint: restart it with --resume {self.path}"
+                    if self.never_checkpointed() else f"continue it with --resume {self.path}")
+            raise RunDirError(f"{self.path} already holds a run ({', '.join(found)}); {hint}, or "
+                              "choose another --output")
+        self.check_no_links()
+
+    def never_checkpointed(self) -> bool:
+        """A run that was stopped (killed) before it wrote its first checkpoint."""
+        return ((self.path / self.CONFIG).is_file() and not (self.path / self.STATE).exists()
+                and not (self.path / self.ADAPTER).exists() and not (self.path / self.FINAL).exists())
+
+    def has_state(self) -> bool:
+        return (self.path / self.STATE).is_file()
 
     def check_can_resume(self) -> None:
+        """A run with a checkpoint, or one stopped before its first (it restarts at step 0)."""
         if not (self.path / self.STATE).is_file():
             if (self.path / self.LEGACY_STATE).is_file():
                 raise RunDirError(
                     f"{self.path} holds a {self.LEGACY_STATE} from finessl < 0.2: a pickle file, which "
                     "finessl never loads (it could run code). Start a new run.")
-            raise RunDirError(f"nothing to resume: {self.path / self.STATE} does not exist")
+            if not self.never_checkpointed():
+                raise RunDirError(f"nothing to resume: {self.path / self.STATE} does not exist")
         if not (self.path / self.CONFIG).is_file():
             raise self.damaged(f"{self.CONFIG} is missing")
+        self.check_no_links()
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """Exclusive ownership while a process writes the run (``fcntl.flock``)."""
         self.path.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path / self.LOCK, "a+")
+        try:
+            handle = os.fdopen(open_no_follow(self.path / self.LOCK, os.O_RDWR, "the lock"), "r+")
+        except IsADirectoryError:
+            raise self.damaged(f"{self.LOCK} is not a file") from None
         try:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -213,7 +291,8 @@ class RunDir:
 
     # ------------------------------------------------------------------ tensors
 
-    def _read_safetensors(self, name: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    def _read_safetensors(self, name: str, tensors_too: bool = True
+                          ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         from safetensors import safe_open
 
         path = self.path / name
@@ -222,7 +301,8 @@ class RunDir:
         try:
             with safe_open(str(path), framework="pt") as handle:
                 metadata = handle.metadata() or {}
-                tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+                keys = list(handle.keys()) if tensors_too else []
+                tensors = {key: handle.get_tensor(key) for key in keys}
         except Exception as error:  # safetensors raises its own error types
             raise self.damaged(f"{name} is not a readable safetensors file "
                                f"({str(error).splitlines()[0][:120]})") from None
@@ -237,7 +317,21 @@ class RunDir:
         atomic_write(self.path / self.ADAPTER, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
     def load_adapter(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """The trained weights and their metadata, both checked: a non-finite weight (a run
+        that diverged) or metadata of the wrong type or range is damage, never loaded."""
         tensors, raw = self._read_safetensors(self.ADAPTER)
+        metadata = self._adapter_metadata(raw)
+        for key, tensor in tensors.items():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise self.damaged(f"{self.ADAPTER} holds non-finite weights ({key} has NaN or "
+                                   "inf): the run diverged; train again with a lower train.lr")
+        return tensors, metadata
+
+    def read_adapter_metadata(self) -> dict[str, Any]:
+        """The adapter's metadata only (for reports), checked like ``load_adapter``'s."""
+        return self._adapter_metadata(self._read_safetensors(self.ADAPTER, tensors_too=False)[1])
+
+    def _adapter_metadata(self, raw: dict[str, str]) -> dict[str, Any]:
         try:
             metadata = {k: json.loads(v) for k, v in raw.items()}
         except json.JSONDecodeError:
@@ -245,7 +339,10 @@ class RunDir:
         for key in ("classes", "num_features", "image_size", "mean", "std"):
             if key not in metadata:
                 raise self.damaged(f"{self.ADAPTER} lacks its '{key}' metadata")
-        return tensors, metadata
+        problem = adapter_metadata_problem(metadata)
+        if problem:
+            raise self.damaged(f"{self.ADAPTER} metadata: {problem}")
+        return metadata
 
     def save_state(self, state: dict[str, Any]) -> None:
         from safetensors.torch import save_file
@@ -264,11 +361,12 @@ class RunDir:
             state = unpack_state(json.loads(meta["state"]), tensors)
         except (KeyError, TypeError, ValueError) as error:
             raise self.damaged(f"{self.STATE} does not decode ({error})") from None
-        if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        step = state.get("step") if isinstance(state, dict) else None
+        if not isinstance(step, int) or isinstance(step, bool) or not 0 <= step <= 2**53:
             raise self.damaged(f"{self.STATE} has no step count")
         return state
 
-    def save_predictions(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+    def save_predictions(self, logits: torch.Tensor, labels: torch.Tensor) -> None:  # noqa: D102
         from safetensors.torch import save_file
 
         tensors = {"logits": logits.float().contiguous(), "labels": labels.long().contiguous()}
@@ -277,9 +375,14 @@ class RunDir:
     def load_predictions(self) -> tuple[torch.Tensor, torch.Tensor]:
         tensors, _ = self._read_safetensors(self.PREDICTIONS)
         logits, labels = tensors.get("logits"), tensors.get("labels")
-        if logits is None or labels is None or logits.dim() != 2 or labels.shape != logits.shape[:1]:
+        if (logits is None or labels is None or logits.dim() != 2 or labels.shape != logits.shape[:1]
+                or not logits.is_floating_point() or labels.is_floating_point()):
             raise self.damaged(f"{self.PREDICTIONS} does not hold logits [N, C] and labels [N]")
-        return logits, labels
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= logits.shape[1]):
+            raise self.damaged(f"{self.PREDICTIONS} has labels outside the {logits.shape[1]} classes")
+        if not bool(torch.isfinite(logits).all()):
+            raise self.damaged(f"{self.PREDICTIONS} holds non-finite logits")
+        return logits.float(), labels.long()
 
     # ------------------------------------------------------------------ JSON files
 
@@ -290,10 +393,51 @@ class RunDir:
         path = self.path / self.FINAL
         if not path.is_file():
             raise RunDirError(f"{self.path} has no {self.FINAL}; is the run finished?")
+        final = self._read_json(self.FINAL)
+        problem = record_problem(final)
+        if problem:
+            raise self.damaged(f"{self.FINAL}: {problem}")
+        return final
+
+    def _read_json(self, name: str) -> Any:
+        path = self.path / name
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise self.damaged(f"{name} is {path.stat().st_size:,} bytes, far more than it can hold")
         try:
-            return json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise self.damaged(f"{self.FINAL} is not valid JSON") from None
+            return json.loads(path.read_text(encoding="utf-8"), parse_constant=_no_constant)
+        except (json.JSONDecodeError, UnicodeDecodeError, ValueError, RecursionError):
+            raise self.damaged(f"{name} is not valid JSON") from None
+
+    # ------------------------------------------------------------------ the pool filter
+
+    def write_ood_excluded(self, rows: list[tuple[int, str, float]]) -> None:
+        """``algorithm.ood``'s dropped images: (source index, name, score) rows."""
+        import csv
+
+        def write(tmp: Path) -> None:
+            with tmp.open("w", newline="", encoding="utf-8") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(["index", "image", "ood_score"])
+                writer.writerows([index, name, f"{score:.6f}"] for index, name, score in rows)
+
+        atomic_write(self.path / self.OOD_EXCLUDED, write)
+
+    def read_ood_excluded(self) -> np.ndarray | None:
+        """The source indices a run's ``algorithm.ood`` dropped (None: the file is absent)."""
+        import csv
+
+        path = self.path / self.OOD_EXCLUDED
+        if not path.is_file():
+            return None
+        try:
+            with path.open(newline="", encoding="utf-8") as handle:
+                rows = list(csv.reader(handle))[1:]
+            indices = np.asarray([int(row[0]) for row in rows], dtype=np.int64)
+        except (ValueError, IndexError, UnicodeDecodeError, csv.Error):
+            raise self.damaged(f"{self.OOD_EXCLUDED} is not a list of image indices") from None
+        if len(indices) and indices.min() < 0:
+            raise self.damaged(f"{self.OOD_EXCLUDED} names images outside the training pool")
+        return indices
 
     # ------------------------------------------------------------------ metrics log
 
@@ -303,13 +447,18 @@ class RunDir:
         if not path.is_file():
             raise RunDirError(f"{self.path} has no {self.METRICS}; is it a finessl run directory?")
         records = []
-        for line in path.read_text(errors="replace").splitlines():
+        lines = path.read_text(errors="replace").splitlines()
+        for number, line in enumerate(lines, start=1):
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict):
-                records.append(record)
+                record = json.loads(line, parse_constant=_no_constant)
+            except (json.JSONDecodeError, ValueError, RecursionError):
+                if number == len(lines):
+                    continue  # the torn last line of a killed run
+                raise self.damaged(f"{self.METRICS} line {number} is not JSON") from None
+            problem = record_problem(record, needs_step=True)
+            if problem:
+                raise self.damaged(f"{self.METRICS} line {number}: {problem}")
+            records.append(record)
         return records
 
     def truncate_metrics(self, step: int) -> None:
@@ -317,8 +466,97 @@ class RunDir:
         path = self.path / self.METRICS
         if not path.is_file():
             return
-        kept = [json.dumps(r) for r in self.read_metrics() if int(r.get("step", 0)) <= step]
+        kept = [dumps(r) for r in self.read_metrics() if r["step"] <= step]
         atomic_write(path, lambda tmp: tmp.write_text("".join(line + "\n" for line in kept)))
 
-    def open_metrics(self):
-        return (self.path / self.METRICS).open("a")
+    def append_metrics(self, record: dict) -> None:
+        """Appends one strict-JSON line (never through a link)."""
+        fd = open_no_follow(self.path / self.METRICS, os.O_WRONLY | os.O_APPEND, self.METRICS)
+        with os.fdopen(fd, "a") as handle:
+            handle.write(dumps(record) + "\n")
+
+
+# --------------------------------------------------------------------------- checks of read files
+
+MAX_JSON_BYTES = 256 << 20
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not strict JSON")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _plain(value: Any, depth: int = 0) -> bool:
+    """Numbers, strings, booleans, None, and lists / string-keyed dicts of them."""
+    if value is None or isinstance(value, (str, bool)) or _is_number(value):
+        return True
+    if depth > 3:
+        return False
+    if isinstance(value, list):
+        return all(_plain(v, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v, depth + 1) for k, v in value.items())
+    return False
+
+
+# Keys whose values readers use as numbers, and those they use as per-class lists / maps.
+NUMERIC_KEYS = ("top1", "balanced_acc", "ece", "nll", "top5", "seconds", "trainable_params",
+                "num_classes", "num_labeled", "num_unlabeled", "num_test", "skipped_images", "epochs",
+                "loss", "lr", "mask")
+PER_CLASS_KEYS = ("per_class_acc", "pl_counts", "pl_class_acc", "margins")
+
+
+def record_problem(record: Any, needs_step: bool = False) -> str | None:
+    """What is wrong with a final.json / metrics.jsonl record, or None."""
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    if needs_step and (not isinstance(record.get("step"), int) or isinstance(record.get("step"), bool)
+                       or record["step"] < 0):
+        return "no step count"
+    if "steps" in record and (not isinstance(record["steps"], int) or record["steps"] < 0):
+        return "steps is not a count"
+    if needs_step and not isinstance(record.get("kind"), str):
+        return "no kind"
+    if not _plain(record):
+        return "holds values of the wrong type"
+    for key in NUMERIC_KEYS:
+        if record.get(key) is not None and not _is_number(record[key]):
+            return f"{key} is not a number"
+    for key in PER_CLASS_KEYS:
+        value = record.get(key)
+        items = list(value.values()) if isinstance(value, dict) else value
+        if value is not None and (not isinstance(items, list) or
+                                  not all(v is None or _is_number(v) for v in items)):
+            return f"{key} is not a list of numbers"
+    return None
+
+
+def adapter_metadata_problem(meta: dict[str, Any]) -> str | None:
+    """What is wrong with an adapter's metadata (types and possible values), or None."""
+    classes = meta.get("classes")
+    if (not isinstance(classes, list) or not classes or
+            not all(isinstance(c, str) and c for c in classes) or len(set(classes)) != len(classes)):
+        return "'classes' is not a list of distinct class names"
+    for key, low, high in (("num_features", 1, 1 << 20), ("image_size", 8, 1 << 14)):
+        value = meta.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            return f"'{key}' is not a whole number in [{low}, {high}]"
+    for key, low in (("mean", -10.0), ("std", 1e-6)):
+        value = meta.get(key)
+        if (not isinstance(value, list) or len(value) != 3 or not all(_is_number(v) for v in value)
+                or not all(low <= v <= 10 for v in value)):
+            return f"'{key}' is not three numbers in range"
+    for key in ("backbone", "pretrained", "peft", "activation", "format"):
+        if key in meta and not isinstance(meta[key], str):
+            return f"'{key}' is not a string"
+    if "init_seed" in meta and (not isinstance(meta["init_seed"], int) or meta["init_seed"] < 0):
+        return "'init_seed' is not a seed"
+    if "frozen_fingerprint" in meta and not (meta["frozen_fingerprint"] is None or
+                                             _is_number(meta["frozen_fingerprint"])):
+        return "'frozen_fingerprint' is not a number"
+    if "user_backbone" in meta and not isinstance(meta["user_backbone"], bool):
+        return "'user_backbone' is not true or false"
+    return None

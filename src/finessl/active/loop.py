@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import copy
 import csv
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+
+import numpy as np
 
 from finessl.active.suggest import suggest
 from finessl.config import Config, apply_overrides
@@ -25,19 +28,52 @@ from finessl.rundir import RunDir, write_json
 log = logging.getLogger(__name__)
 
 
+NEEDS_LABELS = ("finessl loop needs a dataset whose training images all have labels (it reveals "
+                "them round by round); this one has {} unlabeled image(s)")
+
+
 def reveal(config: Config, pool_indices: list[int]) -> list[str]:
     """The true class names of training-pool images (the simulation's labeler)."""
     from finessl.data.datasets import load_source
 
     source = load_source(config.data, config.seed)
-    names = []
-    for index in pool_indices:
-        target = int(source.train_targets[index])
-        if target < 0:
-            raise FinesslError("finessl loop needs a dataset whose training images all have labels "
-                               "(it reveals them round by round)")
-        names.append(source.classes[target])
-    return names
+    targets = source.train_targets[np.asarray(pool_indices, dtype=np.int64)]
+    if (targets < 0).any():
+        raise FinesslError(NEEDS_LABELS.format(int((targets < 0).sum())))
+    return [source.classes[int(t)] for t in targets]
+
+
+def check_can_reveal(config: Config) -> None:
+    """Before round 0: every image of the pool must have a label to reveal."""
+    from finessl.data.datasets import load_source
+
+    targets = load_source(config.data, config.seed).train_targets
+    if (targets < 0).any():
+        raise FinesslError(NEEDS_LABELS.format(int((targets < 0).sum())))
+
+
+def check_same_loop(output: Path, plan: dict) -> None:
+    """A loop re-run into its folder must be the same loop (it reuses the rounds there)."""
+    path = output / PLAN
+    if not path.is_file():
+        if any(output.glob("round*")):
+            raise FinesslError(f"{output} holds rounds of an earlier loop without its {PLAN}; "
+                               "choose another --output")
+        return
+    try:
+        before = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+        raise FinesslError(f"{path} is damaged; choose another --output") from None
+    changed = [k for k in plan if not isinstance(before, dict) or before.get(k) != plan[k]]
+    changed = [k for k in changed if k != "rounds"]  # more rounds extend the same loop
+    if changed:
+        key = changed[0]
+        was = before.get(key) if isinstance(before, dict) else None
+        raise FinesslError(f"{output} holds a loop with {key} {was!r}, not {plan[key]!r}; its rounds "
+                           "would be reused under the new setting. Choose another --output")
+
+
+PLAN = "loop-plan.json"
 
 
 def run_loop(config: Config, output: str | Path, rounds: int, budget: int, strategy: str = "balanced",
@@ -46,6 +82,14 @@ def run_loop(config: Config, output: str | Path, rounds: int, budget: int, strat
     output = Path(output)
     if config.data.extra_labels:
         raise FinesslError("finessl loop writes its own data.extra_labels; start without one")
+    if output.exists() and not output.is_dir():
+        raise FinesslError(f"--output {output} exists and is not a folder")
+    plan = {"rounds": rounds, "budget": budget, "strategy": strategy, "seed": seed, "cold": cold,
+            "config": config.to_dict()}
+    check_same_loop(output, plan)
+    check_can_reveal(config)
+    output.mkdir(parents=True, exist_ok=True)
+    write_json(output / PLAN, plan)
     summary = []
     rows: list[tuple[str, str]] = []
     for round_ in range(rounds + 1):

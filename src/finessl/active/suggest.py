@@ -79,14 +79,17 @@ def forward_pool(predictor: Predictor, dataset: Dataset, batch_size: int, worker
     return torch.cat(probs).numpy(), torch.cat(feats).numpy(), keys, failed
 
 
-def latest_margins(run: RunDir) -> np.ndarray | None:
+def latest_margins(run: RunDir, num_classes: int) -> np.ndarray | None:
     """The balanced margins FineSSL logged at its last evaluation, if any."""
-    try:
-        records = run.read_metrics()
-    except FinesslError:
+    if not (run / RunDir.METRICS).is_file():
         return None
+    records = run.read_metrics()  # damaged lines are an error, as everywhere
     margins = [r["margins"] for r in records if r.get("kind") == "pseudo_labels" and r.get("margins")]
-    return np.asarray(margins[-1], dtype=float) if margins else None
+    if not margins:
+        return None
+    if len(margins[-1]) != num_classes or any(m is None for m in margins[-1]):
+        raise run.damaged(f"{RunDir.METRICS} logs {len(margins[-1])} margins for {num_classes} classes")
+    return np.asarray(margins[-1], dtype=float)
 
 
 def suggest(run_dir: str | Path, budget: int, pool: Sequence[str | Path] | None = None,
@@ -113,8 +116,8 @@ def suggest(run_dir: str | Path, budget: int, pool: Sequence[str | Path] | None 
             raise FinesslError("the run's unlabeled pool is empty; give images to choose from")
         dataset = _PoolImages(data.source.train, own, transform)
     probs, features, keys, failed = forward_pool(predictor, dataset, batch_size, workers, progress)
-    scores = Pool(probs, features, labeled_features, latest_margins(RunDir(run_dir)),
-                  confident=config.algorithm.threshold)
+    margins = latest_margins(RunDir(run_dir), len(predictor.classes))
+    scores = Pool(probs, features, labeled_features, margins, confident=config.algorithm.threshold)
     picks = choose(scores, budget, np.random.default_rng(seed))
     report = SuggestionReport(failed=failed, strategy=strategy)
     for pick in picks:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from finessl.config import DataConfig
@@ -58,6 +58,17 @@ class Relabeled(Dataset):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+    @property
+    def targets(self) -> np.ndarray:
+        inner = dataset_targets(self.dataset)[self.indices]
+        return np.asarray([self.mapping.get(int(t), -1) for t in inner], dtype=np.int64)
+
+    @property
+    def paths(self) -> list[str] | None:
+        """The files of the kept items, where the dataset is a list of files."""
+        inner = getattr(self.dataset, "paths", None)
+        return None if inner is None else [inner[int(i)] for i in self.indices]
 
     def __getitem__(self, index: int):
         image, label = self.dataset[int(self.indices[index])]
@@ -131,14 +142,38 @@ def _to_rgb8(image: Image.Image) -> Image.Image:
 
 
 def load_image(path: str | Path) -> Image.Image:
-    """Opens an image as 8-bit RGB, with a clear error naming a missing or corrupt file."""
+    """Opens an image as 8-bit RGB, upright as its EXIF orientation says (phone photos are
+    stored sideways), with a clear error naming a missing or corrupt file."""
     image = _open(path)
     try:
         with image:
             image.load()
-            return _to_rgb8(image)
+            return _to_rgb8(upright(image))
     except (OSError, ValueError, SyntaxError) as error:
         raise DataError(f"image {str(path)!r} is not a readable image ({error})") from error
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """The image turned as its EXIF orientation tag says; unchanged without (or with a
+    damaged) tag."""
+    try:
+        return ImageOps.exif_transpose(image) or image
+    except (OSError, ValueError, SyntaxError, TypeError, KeyError, ZeroDivisionError):
+        return image
+
+
+def canonical_paths(paths: Sequence[str | Path]) -> list[str]:
+    """Absolute paths with their folders' links resolved, so two names of one file (a
+    relative and an absolute path, a folder reached through a link) compare equal. Each
+    folder is resolved once, not each file."""
+    folders: dict[str, str] = {}
+    result = []
+    for path in paths:
+        folder, name = os.path.split(os.path.abspath(path))
+        if folder not in folders:
+            folders[folder] = os.path.realpath(folder)
+        result.append(os.path.join(folders[folder], name))
+    return result
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -206,6 +241,13 @@ def folder_dataset(config: DataConfig, seed: int) -> SourceData:
     if config.unlabeled_dir or (root / "unlabeled").is_dir():
         unlabeled_dir = _require_dir(config.unlabeled_dir or str(root / "unlabeled"), "unlabeled_dir")
         unlabeled_paths = list_images(unlabeled_dir)
+        labeled_files = set(canonical_paths(paths))
+        kept = [p for p, c in zip(unlabeled_paths, canonical_paths(unlabeled_paths))
+                if c not in labeled_files]
+        if len(kept) < len(unlabeled_paths):  # an unlabeled folder that holds the labeled one
+            log.info("%d labeled image(s) found again under the unlabeled folder are listed once, "
+                     "as labeled", len(unlabeled_paths) - len(kept))
+        unlabeled_paths = kept
     test_dir = _require_dir(config.test_dir or str(root / "test"), "test_dir")
     test_paths, test_targets, _ = _class_folders(test_dir, "test", classes)
     all_targets = targets + [-1] * len(unlabeled_paths)
@@ -235,6 +277,7 @@ def _read_csv(path: Path, classes: list[str] | None = None):
         raise DataError(f"CSV list {str(path)!r} is not a readable UTF-8 CSV ({error})") from None
     if not rows:
         raise DataError(f"CSV list {str(path)!r} has no rows")
+    check_listed_once([p for p, _ in rows], [label for _, label in rows], f"CSV list {str(path)!r}")
     found = sorted({label for _, label in rows if label})
     folded: dict[str, str] = {}
     for label in found:
@@ -251,6 +294,21 @@ def _read_csv(path: Path, classes: list[str] | None = None):
         raise DataError(f"CSV list {str(path)!r} has labels not in training: {unknown}")
     targets = [index[label] if label else -1 for _, label in rows]
     return [p for p, _ in rows], targets, names
+
+
+def check_listed_once(paths: Sequence[str | Path], labels: Sequence[str], where: str) -> None:
+    """An image may be listed once: twice (under any name of the same file) is an error
+    that says whether the two rows agree."""
+    first: dict[str, int] = {}
+    for i, key in enumerate(canonical_paths(paths)):
+        if key in first:
+            j = first[key]
+            same = labels[i] == labels[j]
+            how = (f"twice with the same label {labels[i]!r}" if same else
+                   f"twice with different labels ({labels[j] or 'unlabeled'!r} and "
+                   f"{labels[i] or 'unlabeled'!r})")
+            raise DataError(f"{where} lists {str(paths[i])!r} {how}; list each image once")
+        first[key] = i
 
 
 @DATASETS.register("csv")

@@ -29,7 +29,9 @@ def food101(config: DataConfig, seed: int) -> SourceData:
     except (RuntimeError, OSError) as error:
         raise _download_error("Food-101", config.root,
                               "food-101/ (images/ and meta/ from food-101.tar.gz)", error) from error
-    return SourceData(list(train.classes), train, np.asarray(train._labels), test)
+    # Read through finessl's loader (EXIF orientation, bad-file errors), not torchvision's.
+    return SourceData(list(train.classes), FileImages(train._image_files, train._labels),
+                      np.asarray(train._labels), FileImages(test._image_files, test._labels))
 
 
 def _read_list(root: Path, name: str, required: bool = True) -> tuple[list[Path], list[int]]:

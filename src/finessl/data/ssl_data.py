@@ -7,6 +7,7 @@ labeled or test image is an error before training starts.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +17,8 @@ from torch.utils.data import Dataset
 
 from finessl.config import DataConfig
 from finessl.data.augment import Transforms, build_transforms, raw_transform
-from finessl.data.datasets import SourceData, load_source, probe_image
-from finessl.data.extra_labels import apply_extra_labels
+from finessl.data.datasets import SourceData, canonical_paths, dataset_targets, load_source, probe_image
+from finessl.data.extra_labels import apply_extra_labels, check_agrees, listed_indices
 from finessl.data.gpu_augment import BatchAugment
 from finessl.data.splits import split_labeled_unlabeled
 from finessl.errors import DataError
@@ -95,10 +96,27 @@ class SSLData:
     unlabeled_indices: np.ndarray
     device_views: DeviceViews | None = None
     source: SourceData | None = None  # the images before splitting (for ids and true labels)
+    test_targets: np.ndarray | None = None
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def without_unlabeled(self, indices: np.ndarray) -> SSLData:
+        """The same data with the source images ``indices`` out of the unlabeled pool."""
+        kept = np.setdiff1d(self.unlabeled_indices, indices)
+        view = self.unlabeled
+        pool = UnlabeledView(view.source, kept, view.weak, view.strong, view.strong_views)
+        return dataclasses.replace(self, unlabeled=pool, unlabeled_indices=kept)
+
+    @property
+    def test_missing_classes(self) -> list[str]:
+        """Classes without a test image: their accuracy is not measured (and top-1 covers
+        the other classes only)."""
+        if self.test_targets is None:
+            return []
+        counts = np.bincount(self.test_targets[self.test_targets >= 0], minlength=self.num_classes)
+        return [name for name, count in zip(self.classes, counts) if count == 0]
 
 
 def cap_indices(indices: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
@@ -117,9 +135,11 @@ def build_ssl_data(
     source: SourceData | None = None,
     transforms: Transforms | None = None,
     check_files: bool = True,
+    check_leaks: bool = True,
 ) -> SSLData:
     """Loads the source, splits it and wraps it in augmenting views; with ``check_files``,
-    every labeled and test image file is opened once first."""
+    every labeled and test image file is opened once first; ``check_leaks`` refuses test
+    files among the training images (the audit reports them instead)."""
     source = source if source is not None else load_source(config, seed)
     extra = apply_extra_labels(Path(config.extra_labels), source, config.name) \
         if config.extra_labels else None
@@ -153,7 +173,12 @@ def build_ssl_data(
     )
     unlabeled = cap_indices(unlabeled, config.max_unlabeled, seed)  # before extra labels: the
     overrides: dict[int, int] = {}                                   # pool only loses them
+    if config.exclude:
+        dropped = listed_indices(Path(config.exclude), source, config.name, "data.exclude")
+        labeled, unlabeled = np.setdiff1d(labeled, dropped), np.setdiff1d(unlabeled, dropped)
+        log.info("data.exclude: %d image(s) left out of training", len(dropped))
     if extra is not None:
+        check_agrees(extra, labeled, config.name)
         labeled = np.union1d(labeled, extra.indices)
         overrides = dict(zip(extra.indices.tolist(), extra.labels.tolist()))
         if not config.extra_labels_in_unlabeled:
@@ -161,6 +186,12 @@ def build_ssl_data(
     if len(unlabeled) == 0:
         raise DataError("the unlabeled set is empty; add unlabeled images or keep the labeled ones in it")
     test_indices = cap_indices(np.arange(len(source.test)), config.max_test, seed + 1)
+    if len(test_indices) == 0:
+        raise DataError("the test set is empty; give test images (a test folder or data.test_csv)")
+    test_targets = dataset_targets(source.test)[test_indices]
+    if check_leaks:
+        check_no_test_leak(source, np.union1d(labeled, unlabeled), test_indices,
+                           extra.first_added if extra is not None else None)
     if check_files:
         check_readable(source.train, labeled, "labeled")
         check_readable(source.test, test_indices, "test")
@@ -175,7 +206,30 @@ def build_ssl_data(
         unlabeled_indices=unlabeled,
         device_views=device_views,
         source=source,
+        test_targets=test_targets,
     )
+
+
+def check_no_test_leak(source: SourceData, train: np.ndarray, test: np.ndarray,
+                       first_added: int | None) -> None:
+    """Training images that are also test images (the same file under any name: a test
+    folder inside the labeled one, a test image in data.extra_labels) are refused: the test
+    accuracy would be measured on what was trained on. Copies under other file names are
+    what ``finessl audit`` finds."""
+    train_paths = getattr(source.train, "paths", None)
+    test_paths = getattr(source.test, "paths", None)
+    if train_paths is None or test_paths is None:
+        return
+    test_files = dict(zip(canonical_paths([test_paths[int(i)] for i in test]), test.tolist()))
+    keys = canonical_paths([train_paths[int(i)] for i in train])
+    leaks = [(int(i), key) for i, key in zip(train, keys) if key in test_files]
+    if leaks:
+        index, key = leaks[0]
+        where = ("data.extra_labels names" if first_added is not None and index >= first_added
+                 else "the training data holds")
+        raise DataError(f"{where} {len(leaks)} image(s) of the test set (e.g. {key}): the test "
+                        "accuracy would be measured on training images. Keep the test images "
+                        "apart from the labeled and unlabeled ones")
 
 
 def check_readable(dataset: Dataset, indices: np.ndarray, what: str) -> None:

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import logging
+import os
 import time
 from pathlib import Path
 
-from finessl.rundir import RunDir
+from finessl.rundir import RunDir, open_no_follow
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +75,7 @@ class JsonlLog(Callback):
         self.run, self.every = run, every
 
     def _write(self, record: dict) -> None:
-        with self.run.open_metrics() as handle:
-            handle.write(json.dumps(record) + "\n")
+        self.run.append_metrics(record)
 
     def on_train_start(self, total_steps: int, start_step: int, images_per_step: int = 0,
                        info: dict | None = None) -> None:
@@ -132,11 +131,11 @@ class CsvLog(Callback):
     def __init__(self, path: Path, every: int) -> None:
         self.path, self.every = path, every
         if not path.exists():
-            with path.open("w", newline="") as handle:
-                csv.writer(handle).writerow(["step", "kind", "name", "value"])
+            self._rows([["step", "kind", "name", "value"]])
 
     def _rows(self, rows) -> None:
-        with self.path.open("a", newline="") as handle:
+        fd = open_no_follow(self.path, os.O_WRONLY | os.O_APPEND, self.path.name)
+        with os.fdopen(fd, "a", newline="") as handle:
             csv.writer(handle).writerows(rows)
 
     def on_step(self, step: int, logs: dict[str, float]) -> None:
@@ -175,7 +174,7 @@ class MLflowLog(Callback):
         self.mlflow, self.every = mlflow, every
         if not os.environ.get("MLFLOW_TRACKING_URI"):
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-            mlflow.set_tracking_uri((run.path / "mlruns").resolve().as_uri())
+            mlflow.set_tracking_uri((run.path / RunDir.MLRUNS).resolve().as_uri())
         mlflow.set_experiment("finessl")
         self.active = mlflow.start_run(run_name=run.path.name)
         mlflow.log_params(_flat_config(config))
@@ -232,7 +231,7 @@ def run_callbacks(run: RunDir, config) -> list[Callback]:
         callbacks.append(TensorBoardLog(run / RunDir.TENSORBOARD))
     for name in config.train.loggers:
         if name == "csv":
-            callbacks.append(CsvLog(run / "metrics.csv", every))
+            callbacks.append(CsvLog(run / RunDir.CSV, every))
         elif name == "mlflow":
             callbacks.append(MLflowLog(run, config, every))
         elif name == "wandb":

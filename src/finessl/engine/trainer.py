@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import random
 import signal
 import time
@@ -30,7 +31,7 @@ from finessl.distributed import DistEnv
 from finessl.engine.callbacks import Callback
 from finessl.engine.optim import build_optimizer, build_scheduler
 from finessl.engine.sampling import EpochSampler, SeededItems
-from finessl.errors import ConfigError, TrainingInterrupted
+from finessl.errors import ConfigError, TrainingDiverged, TrainingInterrupted
 from finessl.eval.metrics import classification_metrics, predict_logits
 from finessl.rundir import RunDir, RunDirError
 
@@ -50,21 +51,102 @@ def make_loader(dataset, batch_size: int, steps: int, seed: int, workers: int,
     )
 
 
-@contextlib.contextmanager
-def stop_signals() -> Iterator[list[int]]:
-    """Records SIGINT / SIGTERM instead of dying mid-step; restores the handlers after."""
-    received: list[int] = []
-    previous = {}
+# After SIGINT / SIGTERM the current step may finish (and be checkpointed) for this long;
+# a step still running then, or a second signal, is abandoned at once.
+STOP_GRACE_SECONDS = 5.0
+# Consecutive non-finite losses tolerated under fp16, where the grad scaler skips such steps.
+FP16_NONFINITE_STEPS = 5
+
+
+class StopNow(BaseException):
+    """Raised inside a step that a stop signal abandons (never caught by ``except Exception``)."""
+
+
+class StopSignals:
+    """SIGINT / SIGTERM: recorded so the step in progress can end with a checkpoint, but
+    within ``grace`` seconds (or at a second signal) the step is abandoned (``StopNow``) and
+    the run keeps its last checkpoint. Writing a checkpoint is never interrupted."""
+
+    def __init__(self, grace: float = STOP_GRACE_SECONDS) -> None:
+        self.grace, self.received, self.writing, self.pending = grace, [], False, False
+
+    def _on_signal(self, number: int, _frame) -> None:
+        self.received.append(number)
+        if len(self.received) == 1:
+            signal.setitimer(signal.ITIMER_REAL, self.grace)
+        else:
+            self._stop()
+
+    def _stop(self, *_args) -> None:
+        if self.writing:
+            self.pending = True
+        else:
+            raise StopNow()
+
+    @contextlib.contextmanager
+    def writing_checkpoint(self) -> Iterator[None]:
+        self.writing = True
+        try:
+            yield
+        finally:
+            self.writing = False
+        if self.pending:
+            raise StopNow()
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[StopSignals]:
+        previous = {}
+        try:
+            for sig, handler in ((signal.SIGINT, self._on_signal), (signal.SIGTERM, self._on_signal),
+                                 (signal.SIGALRM, self._stop)):
+                previous[sig] = signal.signal(sig, handler)
+        except ValueError:  # not the main thread: leave signals alone
+            pass
+        try:
+            yield self
+        finally:
+            if previous:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def check_resources(config: Config, data: SSLData, unlabeled_batch: int, images_per_step: int,
+                    device: torch.device) -> None:
+    """Refuses, before any work, batches the data cannot fill or the machine cannot hold."""
+    cfg, pool = config.train, len(data.unlabeled)
+    if unlabeled_batch > pool:
+        raise ConfigError(
+            f"the unlabeled batch (train.batch_size {cfg.batch_size} x algorithm.uratio "
+            f"{config.algorithm.uratio} = {unlabeled_batch:,} images) is larger than the unlabeled "
+            f"pool ({pool:,} images); lower algorithm.uratio or train.batch_size")
+    sample = data.labeled[0][0]
+    per_image = sample.numel() * sample.element_size() if isinstance(sample, torch.Tensor) else 0
+    available = _memory_bytes(device)
+    inputs = images_per_step * per_image
+    if available and inputs > available:
+        raise ConfigError(
+            f"one step needs {images_per_step:,} images ({inputs / 2**30:.1f} GiB for the inputs "
+            f"alone), more than {device.type} memory ({available / 2**30:.1f} GiB); lower "
+            "train.batch_size or algorithm.uratio (train.accumulate splits a batch)")
+    order = cfg.steps_per_epoch * (cfg.batch_size + unlabeled_batch) * 64  # the epoch's draw order
+    if available and order > _memory_bytes(torch.device("cpu")) / 4:
+        raise ConfigError(
+            f"train.steps_per_epoch {cfg.steps_per_epoch:,}: the order of one epoch's images "
+            f"({order / 2**30:.1f} GiB) would not fit in memory; use fewer steps per epoch")
+    cpus = os.cpu_count() or 1
+    if config.data.num_workers > 4 * cpus:
+        raise ConfigError(f"data.num_workers {config.data.num_workers} is far more than this "
+                          f"machine's {cpus} CPU(s); use at most {4 * cpus}")
+
+
+def _memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
     try:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, lambda number, _frame: received.append(number))
-    except ValueError:  # not the main thread: leave signals alone
-        pass
-    try:
-        yield received
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
 
 
 def _mean_logs(parts: list[dict[str, float]]) -> dict[str, float]:
@@ -88,6 +170,7 @@ class Trainer:
     callbacks: Sequence[Callback] = field(default_factory=list)
     metadata: dict = field(default_factory=dict)
     dist: DistEnv = field(default_factory=DistEnv)
+    notes: dict = field(default_factory=dict)  # further facts for final.json (e.g. ood_dropped)
 
     def __post_init__(self) -> None:
         cfg: TrainConfig = self.config.train
@@ -118,10 +201,16 @@ class Trainer:
         self.labeled_loader = make_loader(self.data.labeled, cfg.batch_size, cfg.steps_per_epoch,
                                           seed, workers, self.device, self.dist)
         self.unlabeled_loader = None
+        unlabeled_batch = cfg.batch_size * self.config.algorithm.uratio \
+            if self.algorithm.uses_unlabeled else 0
+        check_resources(self.config, self.data, unlabeled_batch,
+                        self.images_per_step // self.dist.world_size, self.device)
         if self.algorithm.uses_unlabeled:
-            self.unlabeled_loader = make_loader(
-                self.data.unlabeled, cfg.batch_size * self.config.algorithm.uratio,
-                cfg.steps_per_epoch, seed + 1, workers, self.device, self.dist)
+            self.unlabeled_loader = make_loader(self.data.unlabeled, unlabeled_batch,
+                                                cfg.steps_per_epoch, seed + 1, workers, self.device,
+                                                self.dist)
+        self.saved_step = 0  # the step of the checkpoint on disk
+        self.nonfinite_steps = 0
         shard = list(range(self.dist.rank, len(self.data.test), self.dist.world_size))
         self.test_loader = DataLoader(Subset(self.data.test, shard), batch_size=cfg.eval_batch_size,
                                       num_workers=workers, pin_memory=self.device.type == "cuda")
@@ -150,12 +239,13 @@ class Trainer:
                     "python": random.getstate()},
         }
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict | None) -> None:
         """Restores a checkpoint; a state that does not fit this run is an error naming it."""
+        if state is None:  # a run stopped before its first checkpoint starts at step 0
+            return
         where = self.run.path if self.run is not None else "the checkpoint"
-        ours = self.model.trainable_state_dict()
         theirs = state.get("model", {})
-        if set(ours) != set(theirs) or any(ours[k].shape != theirs[k].shape for k in ours):
+        if not isinstance(theirs, dict) or self.model.adapter_mismatch(theirs, {}):
             raise RunDirError(f"run {where} is damaged: its training state does not fit the "
                               "model of its config.yaml (another run's state, or an edited config)")
         try:
@@ -167,17 +257,33 @@ class Trainer:
             torch.set_rng_state(state["rng"]["torch"])
             np.random.set_state(state["rng"]["numpy"])
             random.setstate(state["rng"]["python"])
-        except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as error:
+            self.step, self.seconds = int(state["step"]), float(state["seconds"])
+            self.skipped_images = int(state.get("skipped_images", 0))
+        except (KeyError, RuntimeError, ValueError, TypeError, IndexError, AttributeError) as error:
             raise RunDirError(f"run {where} is damaged: its training state does not load "
                               f"({str(error).splitlines()[0][:160]})") from None
-        self.step, self.seconds = int(state["step"]), float(state["seconds"])
-        self.skipped_images = int(state.get("skipped_images", 0))
+        self.saved_step = self.step
 
     def save(self) -> None:
+        """Checkpoints the adapter and the state; non-finite weights are never written."""
+        bad = [name for name, value in self.model.trainable_state_dict().items()
+               if value.is_floating_point() and not bool(torch.isfinite(value).all())]
+        if bad:
+            self._diverged(f"the weights became non-finite ({bad[0]} holds NaN or inf)")
         if self.run is not None and self.dist.is_main:
             self.run.save_adapter(self.model.trainable_state_dict(), self.metadata)
             self.run.save_state(self.state_dict())
+        self.saved_step = self.step
         self.dist.barrier()
+
+    def _diverged(self, what: str, at_step: int | None = None) -> None:
+        cfg = self.config.train
+        kept = (f"the run keeps its last good checkpoint (step {self.saved_step}, no final "
+                "numbers)" if self.saved_step else "no checkpoint was written")
+        raise TrainingDiverged(
+            f"training diverged at step {at_step or self.step}: {what}. Nothing of it was saved; {kept}. "
+            f"Start a new run with a lower train.lr (now {cfg.lr:g})"
+            + ("" if self.precision == "fp32" else f" or train.precision fp32 (now {self.precision})"))
 
     # ------------------------------------------------------------------ data
 
@@ -233,6 +339,7 @@ class Trainer:
             with sync:
                 with self.autocast():
                     result = self.algorithm.step(self.forward, part)
+                self._check_loss(result.logs["loss"])
                 self.scaler.scale(result.loss / len(parts)).backward()
             logs.append(result.logs)
         self.scaler.step(self.optimizer)
@@ -244,6 +351,17 @@ class Trainer:
         if self.skipped_images:
             merged["skipped_images"] = float(self.skipped_images)
         return merged
+
+    def _check_loss(self, loss: float) -> None:
+        """A non-finite loss stops the run before it reaches the weights; under fp16 the grad
+        scaler skips such steps itself, so only a run of them is divergence."""
+        if math.isfinite(loss):
+            self.nonfinite_steps = 0
+            return
+        self.nonfinite_steps += 1
+        if not self.scaler.is_enabled() or self.nonfinite_steps >= FP16_NONFINITE_STEPS:
+            steps = "" if self.nonfinite_steps == 1 else f" for {self.nonfinite_steps} steps in a row"
+            self._diverged(f"the loss is {loss}{steps}", at_step=self.step + 1)
 
     def evaluate(self) -> dict:
         logits, labels = predict_logits(self.model, self.test_loader, self.device, self.autocast)
@@ -263,14 +381,23 @@ class Trainer:
         for callback in callbacks:
             callback.on_train_start(cfg.steps, self.step, images_per_step=self.images_per_step,
                                     info=info)
-        with stop_signals() as received:
-            self._loop(cfg, cfg.eval_every or cfg.steps_per_epoch, callbacks, received)
+        stop = StopSignals()
+        try:
+            with stop.installed():
+                self._loop(cfg, cfg.eval_every or cfg.steps_per_epoch, callbacks, stop)
+        except StopNow:
+            where = f" Continue with: finessl train --resume {self.run.path}" if self.run else ""
+            raise TrainingInterrupted(
+                f"stopped by signal {stop.received[0] if stop.received else ''} during step "
+                f"{self.step + 1}; that step was abandoned and the last checkpoint (step "
+                f"{self.saved_step}) is kept.{where}") from None
         final = self._final()
         for callback in callbacks:
             callback.on_train_end(final)
         return final
 
-    def _loop(self, cfg: TrainConfig, eval_every: int, callbacks, received) -> None:
+    def _loop(self, cfg: TrainConfig, eval_every: int, callbacks, stop: StopSignals) -> None:
+        received = stop.received
         while self.step < cfg.steps:
             epoch, start = divmod(self.step, cfg.steps_per_epoch)
             if start == 0:
@@ -289,7 +416,8 @@ class Trainer:
                     self.seconds += time.time() - began
                     if evaluate:
                         self._evaluate_and_report(callbacks, epoch)
-                    self.save()
+                    with stop.writing_checkpoint():
+                        self.save()
                     began = time.time()
                 if received:
                     where = f" Continue with: finessl train --resume {self.run.path}" if self.run else ""
@@ -331,6 +459,8 @@ class Trainer:
             "num_labeled": len(self.data.labeled),
             "num_unlabeled": len(self.data.unlabeled),
             "num_test": len(self.data.test),
+            "test_missing_classes": self.data.test_missing_classes,
+            **self.notes,
         }
         if self.run is not None and self.dist.is_main:
             self.run.write_final(final)

@@ -3,12 +3,14 @@ nothing is drawn per class with a colour or a tick label beyond ``MAX_LABELS``."
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
 import torch
 
 from finessl.eval.summary import RunSummary, confusion_counts
+from finessl.rundir import atomic_write
 
 MAX_LABELS = 30  # class names as tick labels up to this many classes
 
@@ -24,9 +26,12 @@ def _pyplot():
 
 
 def _save(fig, out: Path) -> Path:
+    """Renders to memory, then writes atomically (a link at ``out`` is replaced, not followed)."""
+    buffer = io.BytesIO()
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    fig.savefig(buffer, dpi=100, format="png")
     _pyplot().close(fig)
+    atomic_write(out, lambda tmp: tmp.write_bytes(buffer.getvalue()))
     return out
 
 

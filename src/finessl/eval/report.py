@@ -18,7 +18,7 @@ from pathlib import Path
 from finessl.errors import FinesslError
 from finessl.eval import plots
 from finessl.eval.summary import ClassRow, summarise_run
-from finessl.rundir import RunDir
+from finessl.rundir import RunDir, atomic_write
 
 WORST_SHOWN_FIRST = 10
 FINAL_KEYS = ("top1", "balanced_acc", "ece", "nll", "top5", "steps", "seconds", "trainable_params")
@@ -30,14 +30,14 @@ def _fmt(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def _table(rows: list[list], header: list[str], attrs: str = "") -> str:
+def html_table(rows: list[list], header: list[str], attrs: str = "") -> str:
     head = "".join(f'<th data-column="{i}">{html.escape(h)}</th>' for i, h in enumerate(header))
     body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>"
                    for row in rows)
     return f"<table {attrs}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _figures(plots_: list[tuple[str, Path | None]]) -> str:
+def html_figures(plots_: list[tuple[str, Path | None]]) -> str:
     return "".join(
         f'<figure><img alt="{html.escape(title)}" src="data:image/png;base64,'
         f'{base64.b64encode(path.read_bytes()).decode()}"><figcaption>{html.escape(title)}'
@@ -101,7 +101,7 @@ th{background:#f0f0f0}table.sortable th{cursor:pointer}tr.worst td{background:#f
 .scroll{max-height:520px;overflow:auto;display:inline-block}</style>"""
 
 
-def _page(title: str, body: str) -> str:
+def html_page(title: str, body: str) -> str:
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}'
             f"</title>{STYLE}</head><body>{body}{SCRIPT}</body></html>\n")
 
@@ -111,6 +111,7 @@ def write_report(run_dir: str | Path) -> Path:
 
     Every input is read (and checked) before anything is written."""
     summary = summarise_run(run_dir)
+    RunDir(run_dir).check_no_links()
     out = summary.path / RunDir.REPORT
     out.mkdir(exist_ok=True)
     figures: list[tuple[str, Path | None]] = [
@@ -127,18 +128,19 @@ def write_report(run_dir: str | Path) -> Path:
         ]
     figures.append(("Per-class accuracy, sorted", plots.plot_sorted_accuracy([summary],
                                                                              out / "per_class.png")))
-    context = _table([[k, v] for k, v in summary.context.items()], ["run", str(summary.path)],
+    context = html_table([[k, v] for k, v in summary.context.items()], ["run", str(summary.path)],
                      'class="context"')
-    final = _table([[k, summary.final[k]] for k in FINAL_KEYS if k in summary.final],
+    final = html_table([[k, summary.final[k]] for k in FINAL_KEYS if k in summary.final],
                    ["metric", "value"])
     body = (f"<h1>finessl run: {html.escape(summary.name)}</h1>{context}"
             f"<h2>Final numbers</h2>{final}"
             f"<h2>Classes ({len(summary.rows)}; the {WORST_SHOWN_FIRST} worst first, shaded; "
             f"click a header to sort)</h2><div class=\"scroll\">{_class_table(summary.rows)}</div>"
-            f"<h2>Plots</h2>{_figures(figures)}"
+            f"<h2>Plots</h2>{html_figures(figures)}"
             f"<h2>Configuration</h2><pre>{html.escape(summary.config_text)}</pre>")
     page = out / "index.html"
-    page.write_text(_page(f"finessl report: {summary.name}", body))
+    text = html_page(f"finessl report: {summary.name}", body)
+    atomic_write(page, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return page
 
 
@@ -153,12 +155,14 @@ def write_comparison(run_dirs: list[str | Path], out: str | Path) -> Path:
         for run in runs:
             run.name = str(run.path)
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FinesslError(f"--out {out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     figures: list[tuple[str, Path | None]] = [
         ("Over training, all runs", plots.plot_training(runs, out / "training.png")),
         ("Per-class accuracy, sorted", plots.plot_sorted_accuracy(runs, out / "per_class.png")),
     ]
-    table = _table([[r.name, r.context["algorithm"], r.context["backbone"], r.context["PEFT"],
+    table = html_table([[r.name, r.context["algorithm"], r.context["backbone"], r.context["PEFT"],
                      *[r.final.get(k) for k in FINAL_KEYS]] for r in runs],
                    ["run", "algorithm", "backbone", "PEFT", *FINAL_KEYS], 'class="sortable"')
     deltas = ""
@@ -175,10 +179,11 @@ def write_comparison(run_dirs: list[str | Path], out: str | Path) -> Path:
         figures.append((title, plots.plot_deltas([d[0] for d in diff], [d[3] for d in diff], title,
                                                  out / f"delta_{len(figures)}.png")))
         deltas += (f"<h3>{html.escape(title)} (largest losses first)</h3><div class=\"scroll\">" +
-                   _table([list(d) for d in diff], ["class", base.name, other.name, "difference"],
+                   html_table([list(d) for d in diff], ["class", base.name, other.name, "difference"],
                           'class="sortable"') + "</div>")
     body = (f"<h1>finessl: {len(runs)} runs compared</h1><h2>Final numbers</h2>{table}"
-            f"<h2>Plots</h2>{_figures(figures)}<h2>Per-class differences</h2>{deltas}")
+            f"<h2>Plots</h2>{html_figures(figures)}<h2>Per-class differences</h2>{deltas}")
     page = out / "index.html"
-    page.write_text(_page("finessl comparison", body))
+    text = html_page("finessl comparison", body)
+    atomic_write(page, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return page

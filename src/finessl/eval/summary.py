@@ -112,7 +112,7 @@ def summarise_run(path: str | Path) -> RunSummary:
     records = run.read_metrics()
     finished = (run / RunDir.FINAL).is_file()
     final = run.read_final() if finished else latest_state(records)
-    metadata = run.load_adapter()[1] if (run / RunDir.ADAPTER).is_file() else {}
+    metadata = run.read_adapter_metadata() if (run / RunDir.ADAPTER).is_file() else {}
     logits = labels = None
     if (run / RunDir.PREDICTIONS).is_file():
         logits, labels = run.load_predictions()
@@ -121,6 +121,9 @@ def summarise_run(path: str | Path) -> RunSummary:
                                           if isinstance(final.get("per_class_acc"), dict) else [])
     if not classes and logits is not None:
         classes = [str(k) for k in range(logits.shape[1])]
+    if logits is not None and logits.shape[1] != len(classes):
+        raise run.damaged(f"{RunDir.PREDICTIONS} has {logits.shape[1]} classes, the run "
+                          f"{len(classes)}")
     config = run.read_config() if config_text else None
     context = {
         "status": "finished" if finished else

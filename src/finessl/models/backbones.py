@@ -24,7 +24,7 @@ from finessl.errors import ConfigError, WeightsUnavailableError
 from finessl.models.backbone_base import Backbone, ModuleBackbone
 from finessl.models.cnn import OpenClipCNN, TimmCNN
 from finessl.models.vit import OpenClipViT, TimmViT
-from finessl.models.weights import is_random_init, seeded
+from finessl.models.weights import is_random_init, reading_weights_file, seeded
 from finessl.models.zeroshot import ClipText
 from finessl.registry import Registry, unknown_name_message
 
@@ -42,6 +42,23 @@ TINY_CLIP_CONFIG = {
 }
 
 __all__ = ["BACKBONES", "Backbone", "ModuleBackbone", "build_backbone", "is_random_init"]
+
+
+def check_backbone_name(name: str) -> None:
+    """An unknown ``model.backbone`` is a ConfigError listing near names (nothing is built)."""
+    if name in BACKBONES or name.startswith(("hf-hub:", "local-dir:")):
+        return
+    if name.startswith("timm:"):
+        import timm
+
+        arch = name[len("timm:"):].split(".")[0]
+        if not timm.is_model(arch):
+            raise ConfigError(unknown_name_message("timm model", name[len("timm:"):], timm.list_models()))
+        return
+    import open_clip
+
+    if name.replace("/", "-") not in open_clip.list_models():
+        raise ConfigError(unknown_name_message("backbone", name, BACKBONES.names() + open_clip.list_models()))
 
 
 def build_backbone(config: ModelConfig) -> Backbone:
@@ -179,8 +196,9 @@ def build_open_clip(config: ModelConfig) -> Backbone:
         kwargs["force_quick_gelu"] = True
     elif quick_gelu is False:
         kwargs["quick_gelu"] = False  # a model kwarg: applied last, over the model config
+    local_file = tag if tag is not None and Path(tag).is_file() else None
     try:
-        with seeded(config.init_seed):
+        with seeded(config.init_seed), reading_weights_file(local_file):
             model = open_clip.create_model(
                 name, pretrained=tag, cache_dir=config.cache_dir, **kwargs
             )
@@ -222,7 +240,8 @@ def tiny_vit(config: ModelConfig) -> Backbone:
         path = Path(str(config.pretrained))
         if not path.is_file():
             raise WeightsUnavailableError(f"pretrained weights file {str(path)!r} does not exist")
-        open_clip.load_checkpoint(model, str(path))
+        with reading_weights_file(str(path)):
+            open_clip.load_checkpoint(model, str(path))
         pretrained = str(path)
     return wrap_open_clip(model, "tiny-vit", pretrained)
 
@@ -270,8 +289,9 @@ def build_timm(config: ModelConfig) -> Backbone:
         if not path.is_file():
             raise WeightsUnavailableError(f"pretrained weights file {str(path)!r} does not exist")
         kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
+    local_file = kwargs.get("pretrained_cfg_overlay", {}).get("file")
     try:
-        with seeded(config.init_seed):
+        with seeded(config.init_seed), reading_weights_file(local_file):
             model = _create_timm(name, pretrained, config.image_size, kwargs)
     except (RuntimeError, OSError, ValueError) as error:
         if not pretrained:

@@ -16,7 +16,7 @@ import torch
 from finessl.config import ModelConfig
 from finessl.errors import WeightsUnavailableError
 from finessl.models.cnn import TimmCNN
-from finessl.models.weights import is_random_init, seeded
+from finessl.models.weights import is_random_init, reading_weights_file, seeded
 
 
 def lite0_checkpoint_path(pretrained: str) -> Path:
@@ -62,10 +62,13 @@ def efficientnet_lite0(config: ModelConfig) -> TimmCNN:
     pretrained = "none"
     if not is_random_init(config.pretrained):
         path = lite0_checkpoint_path(str(config.pretrained))
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state)
-        target = {k: v.shape for k, v in model.state_dict().items()}
-        model.load_state_dict(map_lite0_state_dict(state, target))
+        with reading_weights_file(str(path)):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(state, dict):
+                raise WeightsUnavailableError(f"{path} holds no state dict")
+            state = state.get("state_dict", state)
+            target = {k: v.shape for k, v in model.state_dict().items()}
+            model.load_state_dict(map_lite0_state_dict(state, target))
         pretrained = str(config.pretrained)
     return TimmCNN(model, config.image_size or 224, (0.5,) * 3, (0.5,) * 3,
                    {"backbone": "efficientnet-lite0", "pretrained": pretrained})

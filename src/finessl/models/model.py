@@ -73,6 +73,31 @@ class FinesslModel(nn.Module):
                 total += float(values.abs().sum()) + (index % 7 + 1) * float(values.sum())
         return total
 
+    # Metadata an adapter records that the model it is loaded into must match (key, what).
+    CHECKED_METADATA = (("backbone", "backbone"), ("pretrained", "pretrained weights"),
+                        ("activation", "activation"))
+
+    def adapter_mismatch(self, state: dict[str, torch.Tensor], meta: dict) -> str | None:
+        """Why trained weights (with their adapter metadata) do not fit this model, or None:
+        the one fit check of loading, warm starts and resumes."""
+        for key, what in self.CHECKED_METADATA:
+            built = self.backbone.source.get(key)
+            if key in meta and built is not None and str(built) != str(meta[key]):
+                return f"this model's {what} is {built!r}, the weights were trained with {meta[key]!r}"
+        ours = self.trainable_state_dict()
+        if set(ours) != set(state) or any(ours[k].shape != state[k].shape or
+                                          ours[k].is_floating_point() != state[k].is_floating_point()
+                                          for k in ours):
+            return ("the adapter does not fit this model (another backbone, PEFT method or its "
+                    "settings, or class count)")
+        fingerprint = meta.get("frozen_fingerprint")
+        if fingerprint is not None and not meta.get("user_backbone"):
+            rebuilt = self.frozen_fingerprint()
+            if abs(rebuilt - fingerprint) > 1e-6 * max(1.0, abs(fingerprint)):
+                return ("the frozen backbone differs from the one the weights were trained on "
+                        "(other pretrained weights, or another model.init_seed)")
+        return None
+
     def num_trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 

@@ -25,7 +25,7 @@ from finessl.options import method_options
 class AdapterOptions:
     """Bottleneck adapter after the MLP."""
 
-    dim: int = opt(8, "bottleneck width", ge=1)
+    dim: int = opt(8, "bottleneck width", ge=1, le=65536)
     scale: float = opt(0.1, "output scale")
 
 
@@ -35,7 +35,7 @@ class AdapterOptions:
 class AdaptFormerOptions:
     """AdaptFormer: a bottleneck parallel to the MLP."""
 
-    dim: int = opt(64, "bottleneck width", ge=1)
+    dim: int = opt(64, "bottleneck width", ge=1, le=65536)
     scale: float = opt(0.1, "output scale")
 
 

@@ -23,7 +23,7 @@ from finessl.options import method_options
 class LoraOptions:
     """LoRA on the query and value projections."""
 
-    rank: int = opt(8, "rank r (the paper: 8; 16 for CIFAR-100)", ge=1)
+    rank: int = opt(8, "rank r (the paper: 8; 16 for CIFAR-100)", ge=1, le=65536)
     alpha: float = opt(1.0, "the update is scaled by alpha / rank", gt=0)
 
 

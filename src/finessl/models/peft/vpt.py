@@ -28,7 +28,7 @@ from finessl.options import method_options
 class VptOptions:
     """Visual Prompt Tuning (vpt-deep, vpt-shallow, vpt-last)."""
 
-    tokens: int = opt(50, "prompt tokens per layer", ge=1)
+    tokens: int = opt(50, "prompt tokens per layer", ge=1, le=4096)
 
 
 class VisualPrompts(Peft):

@@ -1,0 +1,181 @@
+"""``finessl audit``: the checks over one scan of the labeled set, the pool and the test set.
+
+The model is a trained run's (``--run``) or the configured pretrained backbone; the data
+is the configuration's, split exactly as training would split it. What comes back is an
+``Audit``: plain arrays and lists, written out by ``finessl.audit.output``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from finessl.audit.duplicates import Leak, duplicate_groups, find_test_copies
+from finessl.audit.ood import OOD_SCORES, ood_fraction
+from finessl.audit.prior import em_prior, missing_classes
+from finessl.audit.prototypes import PrototypeClassifier
+from finessl.audit.scan import Scan, scan
+from finessl.audit.suspects import Suspect, label_suspects
+from finessl.config import Config
+from finessl.data.augment import build_transforms
+from finessl.data.extra_labels import item_id
+from finessl.data.ssl_data import SSLData, build_ssl_data
+from finessl.device import resolve_device
+
+log = logging.getLogger(__name__)
+
+# Thumbnail cosine similarity from which two images count as near copies. Chosen on a
+# held-out part of Fashion-MNIST's training set (docs/results.md): re-encoded copies there
+# lie above 0.998, different images below.
+NEAR_SIMILARITY = 0.998
+DEFAULT_SCORE = "propagation"
+
+
+@dataclass
+class AuditSettings:
+    score: str = DEFAULT_SCORE
+    near_similarity: float = NEAR_SIMILARITY
+    batch_size: int = 128
+    workers: int = 0
+    device: str = "auto"
+    seed: int = 0
+
+
+@dataclass
+class Audit:
+    """Everything the audit found; positions index ``labeled`` / ``pool`` / ``test``."""
+
+    classes: list[str]
+    names: dict[str, list[str]]  # "labeled" / "pool" / "test" -> image names, scan order
+    labeled: Scan
+    labels: np.ndarray
+    pool: Scan
+    test: Scan
+    ood_scores: np.ndarray
+    labeled_scores: np.ndarray
+    ood_fraction: float
+    ood_flagged: np.ndarray  # bool per pool image
+    duplicate_groups: list[list[str]]
+    leaks: list[tuple[str, str, str, float]]  # (train image, test image, kind, similarity)
+    suspects: list[Suspect]
+    pool_prior: np.ndarray
+    labeled_prior: np.ndarray
+    missing: list[str]
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    settings: AuditSettings = field(default_factory=AuditSettings)
+    model: str = ""
+    # image("labeled" | "pool" | "test", position) -> PIL image, for thumbnails
+    image: Callable[[str, int], object] | None = None
+
+
+def audit(config: Config, run_dir: str | None = None, settings: AuditSettings | None = None,
+          progress: Callable[[int], None] | None = None) -> Audit:
+    """Scans the configured data with the run's model (or the pretrained backbone) and runs
+    every check."""
+    settings = settings or AuditSettings()
+    OOD_SCORES.get(settings.score)
+    encode, image_size, mean, std, device, model = _encoder(config, run_dir, settings.device)
+    data = build_ssl_data(config.data, image_size, mean, std, config.seed, strong_views=0,
+                          check_files=False, check_leaks=False)
+    transform = build_transforms(image_size, mean, std).test
+    source = data.source
+
+    def scan_of(dataset, indices):
+        return scan(encode, dataset, indices, transform, image_size, device, settings.batch_size,
+                    settings.workers, progress)
+
+    pool_indices = np.setdiff1d(data.unlabeled_indices, data.labeled_indices)
+    labeled, pool = scan_of(source.train, data.labeled_indices), scan_of(source.train, pool_indices)
+    test = scan_of(source.test, data.test.indices)
+    labels = np.asarray([_label(data, int(i)) for i in labeled.indices], dtype=np.int64)
+    names = {"labeled": [item_id(config.data.name, source, int(i)) for i in labeled.indices],
+             "pool": [item_id(config.data.name, source, int(i)) for i in pool.indices],
+             "test": [_test_id(config.data.name, source, int(i)) for i in test.indices]}
+    failed = [(item_id(config.data.name, source, i), why) for i, why in labeled.failed + pool.failed]
+    failed += [(_test_id(config.data.name, source, i), why) for i, why in test.failed]
+    result = _checks(data.classes, names, labeled, labels, pool, test, failed, settings, model)
+
+    def image(kind: str, position: int):
+        found = {"labeled": labeled, "pool": pool, "test": test}[kind]
+        dataset = source.test if kind == "test" else source.train
+        return dataset[int(found.indices[position])][0]
+
+    result.image = image
+    return result
+
+
+def _checks(classes, names, labeled: Scan, labels, pool: Scan, test: Scan, failed, settings,
+            model: str) -> Audit:
+    C = len(classes)
+    score = OOD_SCORES.get(settings.score)
+    feats = {k: s.features.astype(np.float32) for k, s in (("l", labeled), ("p", pool), ("t", test))}
+    ood_scores = score(feats["p"], feats["l"], labels, C) if len(pool) else np.zeros(0)
+    labeled_scores = _loo_scores(settings.score, feats["l"], labels, C)
+    fraction = ood_fraction(settings.score, feats["p"], feats["l"], labels, C, settings.seed) \
+        if len(pool) else 0.0
+    flagged = np.zeros(len(pool), dtype=bool)
+    count = int(round(fraction * len(pool)))
+    if count:
+        flagged[np.argsort(-ood_scores, kind="stable")[:count]] = True
+    train = Scan(np.concatenate([labeled.indices, pool.indices]), np.concatenate([feats["l"], feats["p"]]),
+                 np.concatenate([labeled.digests, pool.digests]),
+                 np.concatenate([labeled.thumbnails, pool.thumbnails]),
+                 np.concatenate([labeled.sizes, pool.sizes]))
+    train_names = names["labeled"] + names["pool"]
+    groups = duplicate_groups(train.thumbnails, train.features, train.digests, settings.near_similarity)
+    leaks = [(train_names[leak.train], names["test"][leak.test], leak.kind, leak.similarity)
+             for leak in _leaks(train, test, settings)]
+    classifier = PrototypeClassifier(feats["l"], labels, C)
+    in_task = feats["p"][~flagged]
+    prior = em_prior(classifier.probabilities(in_task), classifier.train_prior) if len(in_task) \
+        else classifier.train_prior
+    suspects = label_suspects(feats["l"], labels, in_task, C, classifier)
+    return Audit(classes, names, labeled, labels, pool, test, ood_scores, labeled_scores, fraction,
+                 flagged, [[train_names[i] for i in g] for g in groups], leaks, suspects, prior,
+                 classifier.train_prior, missing_classes(prior, classes), failed, settings, model)
+
+
+def _loo_scores(name: str, labeled: np.ndarray, labels: np.ndarray, classes: int) -> np.ndarray:
+    """Each labeled image's score against the other labeled images (for the page's histogram)."""
+    score = OOD_SCORES.get(name)
+    return np.asarray([score(labeled[i:i + 1], np.delete(labeled, i, 0), np.delete(labels, i),
+                             classes)[0] for i in range(len(labeled))]) if len(labeled) > 1 \
+        else np.zeros(len(labeled))
+
+
+def _leaks(train: Scan, test: Scan, settings) -> list[Leak]:
+    if len(test) == 0 or len(train) == 0:
+        return []
+    return find_test_copies(train.thumbnails, train.features, train.digests, test.thumbnails,
+                      test.features, test.digests, settings.near_similarity)
+
+
+def _label(data: SSLData, index: int) -> int:
+    return int(data.labeled.labels.get(index, data.source.train_targets[index]))
+
+
+def _test_id(dataset_name: str, source, index: int) -> str:
+    import os
+
+    paths = getattr(source.test, "paths", None)
+    return os.path.abspath(paths[index]) if paths is not None else f"{dataset_name}:test:{index}"
+
+
+def _encoder(config: Config, run_dir: str | None, device_name: str):
+    """(images -> features, image size, mean, std, device, description) of the audit's model."""
+    device = resolve_device(device_name)
+    if run_dir is not None:
+        from finessl.inference import load
+
+        predictor = load(run_dir, device_name)
+        model = predictor.model.eval()
+        return (model.features, predictor.image_size, predictor.mean, predictor.std, predictor.device,
+                f"the trained run {run_dir}")
+    from finessl.models import build_backbone
+
+    backbone = build_backbone(config.model).to(device).eval()
+    return (backbone, backbone.image_size, backbone.mean, backbone.std, device,
+            f"the pretrained backbone {config.model.backbone} ({config.model.pretrained})")

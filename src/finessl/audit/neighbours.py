@@ -1,0 +1,74 @@
+"""Nearest neighbours by cosine similarity, in chunks: never an N x M matrix in memory.
+
+Rows are L2-normalised features (float16 or float32); the products run in float32 torch
+(multi-threaded BLAS), ``chunk`` query rows at a time, so memory is ``chunk x len(refs)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def normalise(features: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (float32); a zero row stays zero."""
+    values = np.asarray(features, dtype=np.float32)
+    norms = np.linalg.norm(values, axis=1, keepdims=True)
+    return values / np.maximum(norms, 1e-12)
+
+
+def top_k(queries: np.ndarray, refs: np.ndarray, k: int = 1, chunk: int = 1024,
+          skip_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(similarities ``[Q, k]``, indices ``[Q, k]``) of each query's ``k`` most similar refs,
+    most similar first. ``skip_self``: queries and refs are the same rows; a row is never its
+    own neighbour (leave-one-out)."""
+    k = min(k, len(refs) - (1 if skip_self else 0))
+    if k < 1 or len(queries) == 0:
+        return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+    ref = torch.from_numpy(np.ascontiguousarray(refs, dtype=np.float32))
+    sims, idx = [], []
+    for start in range(0, len(queries), chunk):
+        block = torch.from_numpy(np.ascontiguousarray(queries[start:start + chunk], dtype=np.float32))
+        product = block @ ref.T
+        if skip_self:
+            rows = torch.arange(len(block))
+            product[rows, rows + start] = -np.inf
+        values, indices = product.topk(k, dim=1)
+        sims.append(values.numpy())
+        idx.append(indices.numpy())
+    return np.concatenate(sims), np.concatenate(idx)
+
+
+def pairs_above(features: np.ndarray, threshold: float, chunk: int = 1024,
+                neighbours: int = 8) -> list[tuple[int, int, float]]:
+    """``(i, j, similarity)`` with ``i < j`` for rows at least ``threshold`` similar, among
+    each row's ``neighbours`` nearest (enough to find every near-copy group of that size)."""
+    sims, idx = top_k(features, features, neighbours, chunk, skip_self=True)
+    found = {}
+    for i in range(len(features)):
+        for s, j in zip(sims[i], idx[i]):
+            if s < threshold:
+                break
+            a, b = (i, int(j)) if i < j else (int(j), i)
+            found[(a, b)] = float(s)
+    return sorted((a, b, s) for (a, b), s in found.items())
+
+
+def groups(pairs: list[tuple[int, int, float]], size: int) -> list[list[int]]:
+    """Connected groups (union-find) of the pairs, each sorted, largest first."""
+    parent = list(range(size))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for a, b, _ in pairs:
+        ra, rb = root(a), root(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    collected: dict[int, set[int]] = {}
+    for a, b, _ in pairs:
+        collected.setdefault(root(a), set()).update((a, b))
+    return sorted((sorted(g) for g in collected.values()), key=lambda g: (-len(g), g[0]))

@@ -1,0 +1,114 @@
+"""One streaming pass over a set of images: features, pixel digests, thumbnails, sizes.
+
+The shared "score a pool" path of the audit: batches are decoded by a worker-parallel
+loader, encoded by the model and kept as compact arrays (features in float16, a 16-byte
+digest of the decoded pixels, a 16 x 16 grey thumbnail, width and height) — no Python
+object per image. Unreadable images are reported and skipped.
+
+The thumbnail (mean removed, unit length) finds copies: a resized or re-encoded copy keeps
+its thumbnail almost exactly, while a model's features are built to be alike for any two
+images of one kind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from finessl.audit.neighbours import normalise
+from finessl.errors import DataError
+
+
+@dataclass
+class Scan:
+    """Readable images of one set, in the order given. ``indices`` index the source dataset."""
+
+    indices: np.ndarray  # [N] int64
+    features: np.ndarray  # [N, D] float16, unit rows
+    digests: np.ndarray  # [N] S16: identical digests = identical decoded pixels
+    thumbnails: np.ndarray  # [N, THUMB * THUMB] float16, mean removed, unit rows
+    sizes: np.ndarray  # [N, 2] int32 width, height
+    failed: list[tuple[int, str]] = field(default_factory=list)  # (source index, reason)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def subset(self, keep: np.ndarray) -> Scan:
+        return Scan(self.indices[keep], self.features[keep], self.digests[keep],
+                    self.thumbnails[keep], self.sizes[keep])
+
+
+THUMB = 16
+
+
+def thumbnail(image) -> np.ndarray:
+    """The image as a 16 x 16 grey thumbnail, mean removed, unit length (zero if flat)."""
+    small = np.asarray(image.convert("L").resize((THUMB, THUMB), Image.BILINEAR), np.float32).ravel()
+    small -= small.mean()
+    norm = np.linalg.norm(small)
+    return small / norm if norm > 1e-6 else small
+
+
+def pixel_digest(image) -> bytes:
+    """A digest of the decoded pixels and their shape: re-saving a file does not change it."""
+    pixels = np.ascontiguousarray(np.asarray(image))
+    return hashlib.blake2b(pixels.tobytes() + str(pixels.shape).encode(), digest_size=16).digest()
+
+
+class _Items(Dataset):
+    """``(tensor, position, digest, width, height, error)`` per image of ``source``."""
+
+    def __init__(self, source: Dataset, indices: np.ndarray, transform, image_size: int) -> None:
+        self.source, self.indices, self.transform = source, np.asarray(indices), transform
+        self.image_size = image_size
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, position: int):
+        try:
+            image, _ = self.source[int(self.indices[position])]
+        except DataError as error:
+            return (torch.zeros(3, self.image_size, self.image_size), position, b"",
+                    torch.zeros(THUMB * THUMB), 0, 0, str(error))
+        if not isinstance(image, Image.Image):  # not an image (a user's vectors): no thumbnail
+            return (self.transform(image), position, pixel_digest(image), torch.zeros(THUMB * THUMB),
+                    0, 0, "")
+        width, height = image.size
+        return (self.transform(image), position, pixel_digest(image),
+                torch.from_numpy(thumbnail(image)), width, height, "")
+
+
+@torch.no_grad()
+def scan(encode: Callable[[torch.Tensor], torch.Tensor], source: Dataset, indices: np.ndarray,
+         transform, image_size: int, device: torch.device, batch_size: int = 128, workers: int = 0,
+         progress: Callable[[int], None] | None = None) -> Scan:
+    """Encodes ``source[indices]`` in batches; ``encode`` maps images to ``[B, D]`` features."""
+    loader = DataLoader(_Items(source, indices, transform, image_size), batch_size=batch_size,
+                        num_workers=workers)
+    feats, positions, digests, thumbs, sizes, failed = [], [], [], [], [], []
+    indices = np.asarray(indices)
+    for images, where, digest, thumb, width, height, errors in loader:
+        ok = [i for i, e in enumerate(errors) if not e]
+        failed += [(int(indices[int(where[i])]), errors[i]) for i, e in enumerate(errors) if e]
+        if ok:
+            out = encode(images[ok].to(device)).float().cpu().numpy()
+            feats.append(normalise(out).astype(np.float16))
+            positions.append(where[ok].numpy())
+            digests += [digest[i] for i in ok]
+            thumbs.append(thumb[ok].numpy().astype(np.float16))
+            sizes.append(np.stack([width[ok].numpy(), height[ok].numpy()], axis=1))
+        if progress is not None:
+            progress(len(errors))
+    if not positions:
+        return Scan(np.zeros(0, np.int64), np.zeros((0, 1), np.float16), np.zeros(0, "S16"),
+                    np.zeros((0, THUMB * THUMB), np.float16), np.zeros((0, 2), np.int32), failed)
+    kept = np.concatenate(positions)
+    return Scan(indices[kept].astype(np.int64), np.concatenate(feats), np.asarray(digests, dtype="S16"),
+                np.concatenate(thumbs), np.concatenate(sizes).astype(np.int32), failed)
