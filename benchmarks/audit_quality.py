@@ -39,7 +39,7 @@ POOLS = {  # name: spec fields
 
 
 def measure(name: str, seed: int, runs: Path, held_out: bool, score: str, near: float,
-            preset: str, image_size: str) -> dict:
+            preset: str, image_size: str, trained: Path | None = None) -> dict:
     from finessl.audit.audit import AuditSettings, audit
     from finessl.audit.ood import auroc
     from finessl.audit.output import audit_dict
@@ -51,7 +51,13 @@ def measure(name: str, seed: int, runs: Path, held_out: bool, score: str, near: 
     truth = json.loads((folder / "truth.json").read_text())
     config = apply_overrides(load_preset(preset), {**overrides(folder), "model.image_size": image_size,
                                                    "data.num_workers": "0"})
-    result = audit(config, settings=AuditSettings(score=score, near_similarity=near, batch_size=256))
+    run_dir = None
+    if trained is not None:  # the FineSSL run open_set.py trained on this pool and seed
+        run_dir = trained / "demo" / name / "finessl" / f"seed{seed}"
+        if not (run_dir / "final.json").is_file():
+            return {"pool": name, "seed": seed}
+    result = audit(config, str(run_dir) if run_dir else None,
+                   AuditSettings(score=score, near_similarity=near, batch_size=256))
     data = audit_dict(result)
     pool_names = result.names["pool"]
     foreign = np.asarray([truth["pool"][p] == "foreign" for p in pool_names])
@@ -102,6 +108,8 @@ def main() -> None:
     parser.add_argument("--near", type=float, default=None)
     parser.add_argument("--preset", default="demo")
     parser.add_argument("--image-size", default="64")
+    parser.add_argument("--trained", type=Path, help="audit with the FineSSL runs of "
+                        "benchmarks/open_set.py in this folder instead of the pretrained model")
     parser.add_argument("--doc", type=Path)
     parser.add_argument("--section", default="audit-quality")
     args = parser.parse_args()
@@ -112,14 +120,16 @@ def main() -> None:
     began = time.time()
     out = []
     for score in args.scores:
-        rows = [measure(p, s, args.runs, args.held_out, score, near, args.preset, args.image_size)
-                for p in args.pools for s in args.seeds]
-        text = (f"OOD score `{score}`, near-copy similarity {near}, {args.preset} model at "
-                f"{args.image_size} px, seeds {args.seeds}"
+        rows = [measure(p, s, args.runs, args.held_out, score, near, args.preset, args.image_size,
+                        args.trained) for p in args.pools for s in args.seeds]
+        model = ("the trained FineSSL run of each pool" if args.trained else
+                 f"the pretrained {args.preset} model at {args.image_size} px")
+        text = (f"OOD score `{score}`, near-copy similarity {near}, {model}, seeds {args.seeds}"
                 + (", held-out pools (training split only)" if args.held_out else "") + ":\n\n" + table(rows))
         print(text + "\n", flush=True)
         out.append(text)
-        (args.runs / f"rows-{score}{'-held-out' if args.held_out else ''}.json").write_text(
+        tag = ("-held-out" if args.held_out else "") + ("-trained" if args.trained else "")
+        (args.runs / f"rows-{score}{tag}.json").write_text(
             json.dumps(rows, indent=1))
     footer = (f"\n\nMachine: {platform.processor() or platform.machine()}, "
               f"{time.time() - began:.0f} s for this table.")

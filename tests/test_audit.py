@@ -79,9 +79,9 @@ def test_ood_fraction_of_the_hand_made_pool(task):
     if len(labeled) < 30:
         pytest.skip("the share needs a few dozen labeled images to be more than noise")
     pool = np.concatenate([pool_task, pool_foreign])  # 150 of 450 foreign: 1/3
-    assert ood_fraction("knn", pool, labeled, labels, 3) == pytest.approx(1 / 3, abs=0.1)
-    assert ood_fraction("propagation", pool, labeled, labels, 3) == pytest.approx(1 / 3, abs=0.1)
-    assert ood_fraction("knn", pool_task, labeled, labels, 3) < 0.1
+    assert ood_fraction("knn", pool, labeled, labels, 3)[0] == pytest.approx(1 / 3, abs=0.1)
+    assert ood_fraction("propagation", pool, labeled, labels, 3)[0] == pytest.approx(1 / 3, abs=0.1)
+    assert ood_fraction("knn", pool_task, labeled, labels, 3)[0] < 0.1
 
 
 def test_em_recovers_a_known_prior():
@@ -250,3 +250,31 @@ def test_ood_auto_keeps_a_clean_pool(tmp_path):
         "data.name": "folder", "data.root": str(root), "algorithm.ood": "auto", "model.peft": "full"})
     pieces = build_run(config, backbone=MeanColour())
     assert len(pieces.pool_filter.excluded) == 0 and len(pieces.data.unlabeled) == 48
+
+
+def test_large_graphs_use_a_pca_space_that_keeps_the_neighbours():
+    from finessl.audit.neighbours import search_space
+
+    rng = np.random.default_rng(5)
+    basis = normalise(rng.normal(size=(4, 64)))
+    points = normalise(rng.normal(size=(600, 4)) @ basis + 0.01 * rng.normal(size=(600, 64)))
+    assert np.array_equal(search_space(points, dims=8, above=1000), points)  # small: unchanged
+    reduced = search_space(points, dims=8, above=300)
+    assert reduced.shape == (600, 8) and np.allclose(np.linalg.norm(reduced, axis=1), 1, atol=1e-5)
+    _, full = top_k(points, points, 5, skip_self=True)
+    _, small = top_k(reduced, reduced, 5, skip_self=True)
+    overlap = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(full, small)])
+    assert overlap > 0.9  # the data lie in 4 directions: 8 principal ones keep the neighbours
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["audit", "--preset", "smoke"], "give --out"),
+    (["audit", "--preset", "smoke", "--out", "OUT", "--score", "magic"], "unknown OOD score"),
+    (["audit", "--run", "NONE"], "not a finessl run"),
+    (["audit", "--preset", "smoke", "--out", "FILE"], "not a folder"),
+])
+def test_audit_command_mistakes(capsys, tmp_path, argv, message):
+    (tmp_path / "afile").write_text("x")
+    names = {"OUT": tmp_path / "out", "NONE": tmp_path / "none", "FILE": tmp_path / "afile"}
+    assert message in run_cli(capsys, [names.get(a, a) for a in argv])
+    assert not (tmp_path / "out").exists()

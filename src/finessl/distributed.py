@@ -58,6 +58,14 @@ class DistEnv:
         if self.enabled:
             dist.barrier()
 
+    def any(self, flag: bool, device: torch.device) -> bool:
+        """True on every process when ``flag`` is true on any (so all stop together)."""
+        if not self.enabled:
+            return flag
+        value = torch.tensor([float(flag)], device=device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
+
     def broadcast_indices(self, values, device: torch.device):
         """Rank 0's 1-D integer array, on every process (so all agree exactly)."""
         import numpy as np

@@ -113,9 +113,8 @@ def _checks(classes, names, labeled: Scan, labels, pool: Scan, test: Scan, faile
     score = OOD_SCORES.get(settings.score)
     feats = {k: s.features.astype(np.float32) for k, s in (("l", labeled), ("p", pool), ("t", test))}
     ood_scores = score(feats["p"], feats["l"], labels, C) if len(pool) else np.zeros(0)
-    labeled_scores = _loo_scores(settings.score, feats["l"], labels, C)
-    fraction = ood_fraction(settings.score, feats["p"], feats["l"], labels, C, settings.seed) \
-        if len(pool) else 0.0
+    fraction, labeled_scores = ood_fraction(settings.score, feats["p"], feats["l"], labels, C,
+                                            settings.seed) if len(pool) else (0.0, np.zeros(0))
     flagged = np.zeros(len(pool), dtype=bool)
     count = int(round(fraction * len(pool)))
     if count:
@@ -136,14 +135,6 @@ def _checks(classes, names, labeled: Scan, labels, pool: Scan, test: Scan, faile
     return Audit(classes, names, labeled, labels, pool, test, ood_scores, labeled_scores, fraction,
                  flagged, [[train_names[i] for i in g] for g in groups], leaks, suspects, prior,
                  classifier.train_prior, missing_classes(prior, classes), failed, settings, model)
-
-
-def _loo_scores(name: str, labeled: np.ndarray, labels: np.ndarray, classes: int) -> np.ndarray:
-    """Each labeled image's score against the other labeled images (for the page's histogram)."""
-    score = OOD_SCORES.get(name)
-    return np.asarray([score(labeled[i:i + 1], np.delete(labeled, i, 0), np.delete(labels, i),
-                             classes)[0] for i in range(len(labeled))]) if len(labeled) > 1 \
-        else np.zeros(len(labeled))
 
 
 def _leaks(train: Scan, test: Scan, settings) -> list[Leak]:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from finessl.audit.neighbours import top_k
+from finessl.audit.neighbours import search_space, top_k
 from finessl.audit.prototypes import class_prototypes
 from finessl.registry import Registry
 
@@ -45,7 +45,7 @@ def propagation_distance(queries: np.ndarray, refs: np.ndarray, labels: np.ndarr
     symmetric kNN graph of refs + queries, ``f <- alpha S f + (1 - alpha) y`` with ``S`` the
     degree-normalised graph (edge weight: cosine^power), divided by the square root of the
     query's degree. Constants chosen on held-out pools (docs/results.md)."""
-    nodes = np.concatenate([np.asarray(refs, np.float32), np.asarray(queries, np.float32)])
+    nodes = search_space(np.concatenate([np.asarray(refs, np.float32), np.asarray(queries, np.float32)]))
     n = len(nodes)
     sims, idx = top_k(nodes, nodes, neighbours, skip_self=True)
     weights = np.maximum(sims, 0.0) ** power
@@ -97,20 +97,22 @@ def in_distribution_share(pool_scores: np.ndarray, labeled_scores: np.ndarray,
 
 
 def ood_fraction(score: str, pool: np.ndarray, labeled: np.ndarray, labels: np.ndarray,
-                 classes: int, seed: int = 0, splits: int = 3) -> float:
-    """Estimated share (0-1) of pool images outside the labeled classes: ``splits`` random
-    halvings of the labeled set, each half in turn held out and scored together with the
-    pool against the other half."""
+                 classes: int, seed: int = 0, splits: int = 3) -> tuple[float, np.ndarray]:
+    """(estimated share 0-1 of pool images outside the labeled classes, each labeled image's
+    mean score when held out). ``splits`` random halvings of the labeled set; each half in
+    turn is held out and scored together with the pool against the other half."""
     fn = OOD_SCORES.get(score)
-    shares = []
+    shares, held_sum, held_count = [], np.zeros(len(labeled)), np.zeros(len(labeled))
     for split in range(splits):
         first, second = halves(labels, seed + split)
         if min(len(first), len(second)) == 0:
-            return 0.0
+            return 0.0, np.zeros(len(labeled))
         for refs, held in ((first, second), (second, first)):
             scores = fn(np.concatenate([labeled[held], pool]), labeled[refs], labels[refs], classes)
             shares.append(in_distribution_share(scores[len(held):], scores[:len(held)]))
-    return 1.0 - float(np.mean(shares))
+            held_sum[held] += scores[:len(held)]
+            held_count[held] += 1
+    return 1.0 - float(np.mean(shares)), held_sum / np.maximum(held_count, 1)
 
 
 def auroc(scores: np.ndarray, positive: np.ndarray) -> float:

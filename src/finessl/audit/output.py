@@ -232,7 +232,7 @@ def _histogram(result: Audit, out: Path) -> Path | None:
     ax.hist(result.ood_scores, bins=bins, density=True, alpha=0.6, label="unlabeled pool")
     if len(result.labeled_scores):
         ax.hist(result.labeled_scores, bins=bins, density=True, alpha=0.6,
-                label="labeled (each against the others)")
+                label="labeled (each held out, against the other half)")
     ax.set(xlabel=f"OOD score ({result.settings.score}; higher = less like the labeled classes)",
            ylabel="density")
     ax.legend()

@@ -58,7 +58,7 @@ def judge_pool(encode, data: SSLData, rule: str, device: torch.device, batch_siz
     feats_l, feats_p = labeled.features.astype(np.float32), pool.features.astype(np.float32)
     classes = data.num_classes
     scores = OOD_SCORES.get(DEFAULT_SCORE)(feats_p, feats_l, labels, classes)
-    share = ood_fraction(DEFAULT_SCORE, feats_p, feats_l, labels, classes, seed)
+    share, _ = ood_fraction(DEFAULT_SCORE, feats_p, feats_l, labels, classes, seed)
     count = int(round(share * len(pool)))
     if rule == "auto" and share < AUTO_MIN_SHARE:
         log.info("algorithm.ood auto: about %.0f %% of the pool looks out of distribution, under "

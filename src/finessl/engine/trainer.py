@@ -355,13 +355,14 @@ class Trainer:
     def _check_loss(self, loss: float) -> None:
         """A non-finite loss stops the run before it reaches the weights; under fp16 the grad
         scaler skips such steps itself, so only a run of them is divergence."""
-        if math.isfinite(loss):
+        if not self.dist.any(not math.isfinite(loss), self.device):  # every process decides alike
             self.nonfinite_steps = 0
             return
         self.nonfinite_steps += 1
         if not self.scaler.is_enabled() or self.nonfinite_steps >= FP16_NONFINITE_STEPS:
             steps = "" if self.nonfinite_steps == 1 else f" for {self.nonfinite_steps} steps in a row"
-            self._diverged(f"the loss is {loss}{steps}", at_step=self.step + 1)
+            value = loss if not math.isfinite(loss) else "non-finite on another process"
+            self._diverged(f"the loss is {value}{steps}", at_step=self.step + 1)
 
     def evaluate(self) -> dict:
         logits, labels = predict_logits(self.model, self.test_loader, self.device, self.autocast)

@@ -136,12 +136,35 @@ def write_report(run_dir: str | Path) -> Path:
             f"<h2>Final numbers</h2>{final}"
             f"<h2>Classes ({len(summary.rows)}; the {WORST_SHOWN_FIRST} worst first, shaded; "
             f"click a header to sort)</h2><div class=\"scroll\">{_class_table(summary.rows)}</div>"
-            f"<h2>Plots</h2>{html_figures(figures)}"
+            f"<h2>Plots</h2>{html_figures(figures)}{_audit_section(summary.path)}"
             f"<h2>Configuration</h2><pre>{html.escape(summary.config_text)}</pre>")
     page = out / "index.html"
     text = html_page(f"finessl report: {summary.name}", body)
     atomic_write(page, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return page
+
+
+def _audit_section(run_path: Path) -> str:
+    """The run's data audit (``finessl audit --run DIR`` writes ``DIR/audit``), if there is one."""
+    import json
+
+    path = run_path / RunDir.AUDIT / "audit.json"
+    if not path.is_file():
+        return ""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        share = f"{100 * float(data['ood_fraction']):.1f} %"
+        rows = [["out of distribution (estimated share of the pool)", share],
+                ["training images that copy test images", len(data["test_leaks"])],
+                ["duplicate groups", len(data["duplicates"])],
+                ["seed labels that look wrong (score > 0.5)",
+                 sum(1 for s in data["label_suspects"] if float(s["score"]) > 0.5)],
+                ["classes the pool seems to lack", ", ".join(map(str, data.get("pool_missing_classes", [])))
+                 or "none"]]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return "<h2>Data audit</h2><p>audit/audit.json is damaged; run finessl audit again.</p>"
+    return (f'<h2>Data audit</h2>{html_table(rows, ["", ""])}'
+            f'<p><a href="../{RunDir.AUDIT}/index.html">The whole audit</a></p>')
 
 
 def write_comparison(run_dirs: list[str | Path], out: str | Path) -> Path:
