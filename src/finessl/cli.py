@@ -299,12 +299,9 @@ def cmd_audit(args, overrides) -> int:
     from finessl.errors import FinesslError
     from finessl.rundir import RunDir
 
-    if args.run and not (args.preset or args.config):
-        args.resume = None
-        config = _resolve_config(args, overrides, default=RunDir(args.run).read_config())
-    else:
-        args.resume = None
-        config = _resolve_config(args, overrides)
+    args.resume = None
+    own = RunDir(args.run).read_config() if args.run and not (args.preset or args.config) else None
+    config = _resolve_config(args, overrides, default=own)
     if not args.out and not args.run:
         raise FinesslError("give --out DIR (where audit.json and the page go)")
     out = Path(args.out) if args.out else Path(args.run) / "audit"

@@ -213,6 +213,11 @@ def evaluate(run_dir: str | Path, device: str = "auto") -> dict:
     logits, labels = predict_logits(predictor.model, loader, predictor.device,
                                     autocast_for(precision, predictor.device))
     metrics = classification_metrics(logits, labels)
+    metrics["test_missing_classes"] = [c for c, acc in zip(predictor.classes, metrics["per_class_acc"])
+                                       if acc is None]
+    if metrics["test_missing_classes"]:
+        log.warning("the test set has no images of %s: their accuracy is not measured",
+                    ", ".join(metrics["test_missing_classes"][:10]))
     metrics["written_to"] = str(_write_or_show(RunDir(run_dir) / RunDir.EVAL, metrics))
     return metrics
 

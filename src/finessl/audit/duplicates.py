@@ -35,7 +35,7 @@ def exact_groups(digests: np.ndarray) -> list[list[int]]:
     return sorted(found, key=lambda g: (-len(g), g[0]))
 
 
-FEATURE_FLOOR = 0.9
+FEATURE_FLOOR = 0.5
 
 
 def duplicate_groups(thumbnails: np.ndarray, features: np.ndarray, digests: np.ndarray,
