@@ -412,8 +412,8 @@ def test_folder_dataset_problems(capsys, tmp_path):
             "--output", tmp_path / "o"]
     (root / "labeled" / "cat" / "0.png").write_bytes(b"broken")
     assert "cannot be read" in run_cli(capsys, base)
-    shutil.rmtree(root / "test")
-    assert "test_dir" in run_cli(capsys, base)
+    shutil.rmtree(root / "test")  # no test folder: trains with the estimate only (test_estimate)
+    assert "test_dir" in run_cli(capsys, [*base, "--data.test_dir", tmp_path / "nope"])
     for image in (root / "labeled" / "cat").iterdir():
         image.unlink()
     assert "has no images" in run_cli(capsys, base)

@@ -25,7 +25,7 @@ from finessl.data.augment import Transforms, build_transforms
 from finessl.data.datasets import DATASETS, SourceData, load_source
 from finessl.data.ssl_data import LabeledView, SSLData, build_ssl_data, cap_indices, check_readable
 from finessl.distributed import DistEnv
-from finessl.errors import ConfigError
+from finessl.errors import ConfigError, DataError
 from finessl.models import FinesslModel, build_backbone, build_model
 from finessl.models.backbone_base import Backbone, ModuleBackbone
 from finessl.models.backbones import check_backbone_name
@@ -179,6 +179,10 @@ def build_test_set(config: Config, backbone: Backbone) -> tuple[list[str], Datas
     transforms = build_transforms(backbone.image_size, backbone.mean, backbone.std,
                                   config.data.strong_augment)
     indices = cap_indices(np.arange(len(source.test)), config.data.max_test, config.seed + 1)
+    if len(indices) == 0:
+        raise DataError("this configuration has no test set to evaluate on (give a test folder "
+                        "or data.test_csv); without one, 'finessl estimate --run DIR' estimates "
+                        "the accuracy from unlabeled images")
     check_readable(source.test, indices, "test")
     return list(source.classes), LabeledView(source.test, indices, transforms.test)
 

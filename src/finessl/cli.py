@@ -93,9 +93,14 @@ class TqdmProgress:
         self.bar.update(1)
 
     def on_eval(self, step: int, metrics: dict) -> None:
-        self.top1 = metrics["top1"]
+        self.top1 = metrics.get("top1")
+        estimate = (f"  estimated top1 {metrics['estimated_top1']:.1f} (no labels)"
+                    if metrics.get("estimated_top1") is not None else "")
+        if self.top1 is None:
+            self.bar.write(f"step {step}: no test set{estimate}")
+            return
         self.bar.write(f"step {step}: top1 {metrics['top1']:.2f}  balanced "
-                       f"{metrics['balanced_acc']:.2f}  ece {metrics['ece']:.4f}")
+                       f"{metrics['balanced_acc']:.2f}  ece {metrics['ece']:.4f}{estimate}")
 
     def on_train_end(self, final: dict) -> None:
         self.bar.close()
@@ -108,8 +113,13 @@ def _progress(every: int):
 
 
 def _summary(final: dict) -> str:
-    return (f"top1 {final['top1']:.2f}  balanced_acc {final['balanced_acc']:.2f}  "
-            f"ece {final['ece']:.4f}  steps {final['steps']}  {final['seconds']:.0f}s  "
+    estimate = ""
+    if final.get("estimated_top1") is not None:
+        low, high = final["estimated_top1_interval"]
+        estimate = f"  estimated_top1 {final['estimated_top1']:.1f} [{low:.1f}, {high:.1f}] (no labels)"
+    measured = (f"top1 {final['top1']:.2f}  balanced_acc {final['balanced_acc']:.2f}  "
+                f"ece {final['ece']:.4f}" if final.get("top1") is not None else "no test set")
+    return (f"{measured}{estimate}  steps {final['steps']}  {final['seconds']:.0f}s  "
             f"trainable {final['trainable_params']:,}")
 
 
@@ -152,6 +162,29 @@ def cmd_eval(args, overrides) -> int:
           f"ece {metrics['ece']:.4f}  nll {metrics['nll']:.4f}{extra}")
     if metrics["written_to"] != "None":
         print(f"written to {metrics['written_to']}")
+    return 0
+
+
+def cmd_estimate(args, overrides) -> int:
+    from finessl.eval.estimate import ESTIMATORS
+    from finessl.run import estimate
+
+    if args.method:
+        ESTIMATORS.get(args.method)
+    found = estimate(args.run, args.pool or None, device=args.device, method=args.method)
+    where = ", ".join(args.pool) if args.pool else "the run's unlabeled pool"
+    low, high = found.interval
+    print(f"estimated top1 {found.top1:.1f} % [{low:.1f}, {high:.1f}] ({found.method}, "
+          f"{found.pool_size:,} images of {where}, no labels used)")
+    print("  every estimator: " + "  ".join(f"{k} {v:.1f}" for k, v in found.methods.items()))
+    for warning in found.warnings:
+        print(f"  warning: {warning}")
+    if args.out:
+        from finessl.rundir import write_json
+
+        check_writable(args.out)
+        write_json(Path(args.out), {**found.as_dict(), "run": str(args.run), "pool": args.pool or None})
+        print(f"written to {args.out}")
     return 0
 
 
@@ -478,6 +511,20 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--run", required=True, help="run directory")
     evaluate.add_argument("--device", default="auto")
     evaluate.set_defaults(func=cmd_eval)
+
+    estimate = sub.add_parser(
+        "estimate", help="a run's accuracy estimated without labels, on its pool or new images",
+        description="Estimates the run's top-1 accuracy on unlabeled images (the run's own pool, "
+                    "or the images, folders and CSV lists given) from its predictions alone: "
+                    "has the data drifted away from what the model knows? See the README for "
+                    "how far the estimators can be trusted.")
+    estimate.add_argument("--run", required=True, help="run directory")
+    estimate.add_argument("pool", nargs="*", help="images, folders of images or CSV lists "
+                                                  "(default: the run's unlabeled pool)")
+    estimate.add_argument("--method", help="estimator (default: the run's train.estimate)")
+    estimate.add_argument("--out", help="also write the estimate to this JSON file")
+    estimate.add_argument("--device", default="auto")
+    estimate.set_defaults(func=cmd_estimate)
 
     predict = sub.add_parser("predict", help="classify images with a trained run")
     predict.add_argument("--run", help="run directory")

@@ -161,6 +161,10 @@ class AlgorithmConfig:
         return method_section(self, "algorithm", method)
 
 
+# finessl.eval.estimate's estimators (a test keeps the two lists equal).
+ESTIMATORS = ("agreement", "atc", "doc", "temperature", "confidence", "none")
+
+
 @dataclass
 class TrainConfig:
     """Optimisation schedule and engine settings."""
@@ -195,6 +199,13 @@ class TrainConfig:
     tensorboard: bool = opt(True, "TensorBoard event files in the run directory")
     loggers: list[str] = opt([], "extra experiment trackers: csv, mlflow, wandb",
                              choices=("csv", "mlflow", "wandb"))
+    estimate: str = opt("agreement", "label-free accuracy estimate at each evaluation (on the "
+                                     "unlabeled pool): agreement, atc, doc, temperature, "
+                                     "confidence or none", choices=ESTIMATORS)
+    estimate_pool: int | None = opt(2000, "pool images each estimate reads (a fixed random "
+                                          "subset; none: all)", ge=1)
+    keep: str = opt("last", "the adapter a run ends with: last, or best-estimate (the evaluation "
+                            "with the highest estimated accuracy)", choices=("last", "best-estimate"))
     compile: bool = opt(False, "torch.compile the model")
     channels_last: bool = opt(True, "channels-last memory format for CNNs on CUDA")
 

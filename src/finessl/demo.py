@@ -45,11 +45,19 @@ def run_demo(output: Path, overrides: dict[str, str], progress) -> list[dict]:
 
 
 def format_table(results: list[dict]) -> str:
+    from finessl.eval.estimate import common_estimates
+
+    method, estimates = common_estimates(results)
     lines = [
         "",
-        f"{'algorithm':<12}{'top1 %':>9}{'balanced %':>12}{'ECE':>8}{'minutes':>9}  run",
+        f"{'algorithm':<12}{'top1 %':>9}{'estimated %':>13}{'balanced %':>12}{'ECE':>8}"
+        f"{'minutes':>9}  run",
     ]
-    for r in results:
-        lines.append(f"{r['algorithm']:<12}{r['top1']:>9.2f}{r['balanced_acc']:>12.2f}"
+    for r, estimated in zip(results, estimates):
+        shown = f"{estimated:>13.2f}" if estimated is not None else f"{'–':>13}"
+        lines.append(f"{r['algorithm']:<12}{r['top1']:>9.2f}{shown}{r['balanced_acc']:>12.2f}"
                      f"{r['ece']:>8.3f}{r['seconds'] / 60:>9.1f}  {r['dir']}")
+    if method:
+        lines.append(f"estimated: top-1 estimated from the unlabeled pool alone ({method}, no "
+                     "labels; see the README for how far to trust it)")
     return "\n".join(lines)

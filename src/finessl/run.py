@@ -242,3 +242,50 @@ def zeroshot(config: Config | str | Path | dict, device: str = "auto") -> dict:
         logits.append(zeroshot_logits(backbone, images.to(target), text.to(target)).cpu())
         labels.append(torch.as_tensor(targets))
     return classification_metrics(torch.cat(logits), torch.cat(labels))
+
+
+def trains_aux_head(config: Config) -> bool:
+    """Whether the run's algorithm trains the auxiliary head (FineSSL's DLS)."""
+    from finessl.algorithms import algorithm_class
+
+    return bool(algorithm_class(config.algorithm).option(config.algorithm, "dls"))
+
+
+def run_outputs(run_dir: str | Path, device: str = "auto", pool: Sequence[str | Path] | None = None):
+    """A run's model outputs for estimating its accuracy: on its own unlabeled pool (the
+    fixed subset training estimates on) or on the images ``pool`` names (files, folders,
+    CSV lists), and on its labeled images under strong augmentation."""
+    from finessl.data.datasets import FileImages
+    from finessl.data.ssl_data import build_ssl_data
+    from finessl.eval.estimate import PoolImages, data_outputs
+    from finessl.inference import collect_images, load
+
+    predictor = load(run_dir, device)
+    cfg = predictor.config
+    data = build_ssl_data(cfg.data, predictor.image_size, predictor.mean, predictor.std, cfg.seed,
+                          strong_views=0, check_files=False, check_leaks=False)
+    excluded = RunDir(run_dir).read_ood_excluded()
+    if excluded is not None:
+        data = data.without_unlabeled(excluded)
+    images = None
+    if pool:
+        paths = collect_images(pool)
+        images = PoolImages(FileImages(paths, [-1] * len(paths)), np.arange(len(paths)),
+                            data.transforms.test, predictor.image_size)
+    precision = resolve_precision(cfg.train.precision, predictor.device)
+    return data_outputs(predictor.model, data, trains_aux_head(cfg), predictor.device,
+                        predictor.image_size, cfg.train.eval_batch_size, cfg.seed, images,
+                        autocast_for(precision, predictor.device), cfg.train.estimate_pool)
+
+
+def estimate(run_dir: str | Path, pool: Sequence[str | Path] | None = None, device: str = "auto",
+             method: str | None = None):
+    """The run's label-free accuracy estimate (``finessl.eval.estimate.Estimate``) on its
+    own pool or on ``pool``."""
+    from finessl.eval import estimate as estimators
+
+    config = RunDir(run_dir).read_config()
+    out = run_outputs(run_dir, device, pool)
+    chosen = method or (config.train.estimate if config.train.estimate != "none"
+                        else estimators.DEFAULT_ESTIMATOR)
+    return estimators.estimate(out, chosen, seed=config.seed)

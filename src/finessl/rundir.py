@@ -160,6 +160,7 @@ class RunDir:
     CONFIG = "config.yaml"
     METRICS = "metrics.jsonl"
     ADAPTER = "adapter.safetensors"
+    BEST_ADAPTER = "best_adapter.safetensors"  # train.keep best-estimate: the best so far
     STATE = "state.safetensors"
     LEGACY_STATE = "state.pt"
     PREDICTIONS = "test_predictions.safetensors"
@@ -174,7 +175,7 @@ class RunDir:
     WANDB = "wandb"
     LOCK = ".lock"
     # What makes a folder "hold a run": a new run may not start over any file a run writes.
-    RUN_FILES = (CONFIG, METRICS, ADAPTER, STATE, LEGACY_STATE, PREDICTIONS, FINAL, EVAL,
+    RUN_FILES = (CONFIG, METRICS, ADAPTER, BEST_ADAPTER, STATE, LEGACY_STATE, PREDICTIONS, FINAL, EVAL,
                  TENSORBOARD, REPORT, CSV, OOD_EXCLUDED, MLRUNS, WANDB)
 
     def __init__(self, path: str | Path) -> None:
@@ -192,7 +193,7 @@ class RunDir:
         return [name for name in self.RUN_FILES if os.path.lexists(self.path / name)]
 
     # The names that must be plain files wherever they exist.
-    FILES = (CONFIG, METRICS, ADAPTER, STATE, PREDICTIONS, FINAL, EVAL, CSV, OOD_EXCLUDED, LOCK)
+    FILES = (CONFIG, METRICS, ADAPTER, BEST_ADAPTER, STATE, PREDICTIONS, FINAL, EVAL, CSV, OOD_EXCLUDED, LOCK)
 
     def check_no_links(self) -> None:
         """A run writes only inside its folder: a folder holding symbolic links (or a folder
@@ -308,22 +309,23 @@ class RunDir:
                                f"({str(error).splitlines()[0][:120]})") from None
         return tensors, metadata
 
-    def save_adapter(self, state: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
+    def save_adapter(self, state: dict[str, torch.Tensor], metadata: dict[str, Any],
+                     name: str = ADAPTER) -> None:
         """Trainable weights only; metadata values are JSON-encoded strings."""
         from safetensors.torch import save_file
 
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
         meta = {k: json.dumps(v) for k, v in metadata.items()}
-        atomic_write(self.path / self.ADAPTER, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+        atomic_write(self.path / name, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
-    def load_adapter(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    def load_adapter(self, name: str = ADAPTER) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """The trained weights and their metadata, both checked: a non-finite weight (a run
         that diverged) or metadata of the wrong type or range is damage, never loaded."""
-        tensors, raw = self._read_safetensors(self.ADAPTER)
+        tensors, raw = self._read_safetensors(name)
         metadata = self._adapter_metadata(raw)
         for key, tensor in tensors.items():
             if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-                raise self.damaged(f"{self.ADAPTER} holds non-finite weights ({key} has NaN or "
+                raise self.damaged(f"{name} holds non-finite weights ({key} has NaN or "
                                    "inf): the run diverged; train again with a lower train.lr")
         return tensors, metadata
 
@@ -505,8 +507,9 @@ def _plain(value: Any, depth: int = 0) -> bool:
 # Keys whose values readers use as numbers, and those they use as per-class lists / maps.
 NUMERIC_KEYS = ("top1", "balanced_acc", "ece", "nll", "top5", "seconds", "trainable_params",
                 "num_classes", "num_labeled", "num_unlabeled", "num_test", "skipped_images", "epochs",
-                "loss", "lr", "mask")
-PER_CLASS_KEYS = ("per_class_acc", "pl_counts", "pl_class_acc", "margins")
+                "loss", "lr", "mask", "estimated_top1", "last_top1", "kept_step")
+PER_CLASS_KEYS = ("per_class_acc", "pl_counts", "pl_class_acc", "margins", "estimated_top1_interval",
+                  "estimates")
 
 
 def record_problem(record: Any, needs_step: bool = False) -> str | None:

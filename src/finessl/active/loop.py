@@ -44,12 +44,17 @@ def reveal(config: Config, pool_indices: list[int]) -> list[str]:
 
 
 def check_can_reveal(config: Config) -> None:
-    """Before round 0: every image of the pool must have a label to reveal."""
+    """Before round 0: every image of the pool must have a label to reveal, and a test set
+    must measure the rounds."""
     from finessl.data.datasets import load_source
 
-    targets = load_source(config.data, config.seed).train_targets
+    source = load_source(config.data, config.seed)
+    targets = source.train_targets
     if (targets < 0).any():
         raise FinesslError(NEEDS_LABELS.format(int((targets < 0).sum())))
+    if not source.test_given or len(source.test) == 0:
+        raise FinesslError("a simulated loop compares rounds on a test set; this data has none "
+                           "(give a test folder or data.test_csv)")
 
 
 def check_same_loop(output: Path, plan: dict) -> None:

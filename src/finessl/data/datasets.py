@@ -40,6 +40,9 @@ class SourceData:
     # True when the source fixes which images are labeled (folder / csv): the labeled set
     # is then all labeled images, unless labels_per_class asks for fewer.
     labels_given: bool = False
+    # False when the user gave no test set (folder / csv without one): training then reports
+    # the label-free accuracy estimate only.
+    test_given: bool = True
 
 
 DATASETS: Registry[Callable[[DataConfig, int], SourceData]] = Registry("dataset")
@@ -107,7 +110,8 @@ def select_classes(source: SourceData, wanted: Sequence[str]) -> SourceData:
     test_keep = np.flatnonzero(np.isin(test_targets, chosen))
     targets = np.asarray([mapping.get(int(t), -1) for t in source.train_targets[train_keep]])
     return SourceData([source.classes[k] for k in chosen], Relabeled(source.train, train_keep, mapping),
-                      targets, Relabeled(source.test, test_keep, mapping), source.labels_given)
+                      targets, Relabeled(source.test, test_keep, mapping), source.labels_given,
+                      source.test_given)
 
 
 def _open(path: str | Path) -> Image.Image:
@@ -248,8 +252,11 @@ def folder_dataset(config: DataConfig, seed: int) -> SourceData:
             log.info("%d labeled image(s) found again under the unlabeled folder are listed once, "
                      "as labeled", len(unlabeled_paths) - len(kept))
         unlabeled_paths = kept
-    test_dir = _require_dir(config.test_dir or str(root / "test"), "test_dir")
-    test_paths, test_targets, _ = _class_folders(test_dir, "test", classes)
+    test_given = bool(config.test_dir) or (root / "test").is_dir()
+    test_paths, test_targets = [], []
+    if test_given:
+        test_dir = _require_dir(config.test_dir or str(root / "test"), "test_dir")
+        test_paths, test_targets, _ = _class_folders(test_dir, "test", classes)
     all_targets = targets + [-1] * len(unlabeled_paths)
     return SourceData(
         classes=classes,
@@ -257,6 +264,7 @@ def folder_dataset(config: DataConfig, seed: int) -> SourceData:
         train_targets=np.asarray(all_targets),
         test=FileImages(test_paths, test_targets),
         labels_given=True,
+        test_given=test_given,
     )
 
 
@@ -313,15 +321,20 @@ def check_listed_once(paths: Sequence[str | Path], labels: Sequence[str], where:
 
 @DATASETS.register("csv")
 def csv_dataset(config: DataConfig, seed: int) -> SourceData:
-    """``data.csv`` lists training images (empty label = unlabeled); ``data.test_csv`` the test set."""
-    if not config.csv or not config.test_csv:
-        raise DataError("the csv dataset needs data.csv and data.test_csv (rows: path,label)")
+    """``data.csv`` lists training images (empty label = unlabeled); ``data.test_csv`` the
+    test set (optional: without one, training reports the label-free estimate only)."""
+    if not config.csv:
+        raise DataError("the csv dataset needs data.csv (rows: path,label; an empty label is "
+                        "unlabeled) and, to measure accuracy, data.test_csv")
     paths, targets, classes = _read_csv(Path(config.csv))
-    test_paths, test_targets, _ = _read_csv(Path(config.test_csv), classes)
-    if min(test_targets) < 0:
-        raise DataError(f"every row of {config.test_csv} needs a label")
+    test_paths, test_targets = [], []
+    if config.test_csv:
+        test_paths, test_targets, _ = _read_csv(Path(config.test_csv), classes)
+        if min(test_targets) < 0:
+            raise DataError(f"every row of {config.test_csv} needs a label")
     return SourceData(classes, FileImages(paths, targets), np.asarray(targets),
-                      FileImages(test_paths, test_targets), labels_given=True)
+                      FileImages(test_paths, test_targets), labels_given=True,
+                      test_given=bool(config.test_csv))
 
 
 def _download_error(name: str, root: str, where: str, error: Exception) -> DataError:

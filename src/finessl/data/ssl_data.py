@@ -113,7 +113,7 @@ class SSLData:
     def test_missing_classes(self) -> list[str]:
         """Classes without a test image: their accuracy is not measured (and top-1 covers
         the other classes only)."""
-        if self.test_targets is None:
+        if self.test_targets is None or len(self.test_targets) == 0:  # no test set at all
             return []
         counts = np.bincount(self.test_targets[self.test_targets >= 0], minlength=self.num_classes)
         return [name for name, count in zip(self.classes, counts) if count == 0]
@@ -186,8 +186,12 @@ def build_ssl_data(
     if len(unlabeled) == 0:
         raise DataError("the unlabeled set is empty; add unlabeled images or keep the labeled ones in it")
     test_indices = cap_indices(np.arange(len(source.test)), config.max_test, seed + 1)
-    if len(test_indices) == 0:
+    if len(test_indices) == 0 and source.test_given:
         raise DataError("the test set is empty; give test images (a test folder or data.test_csv)")
+    if not source.test_given:
+        log.warning("no test set: accuracy is not measured, only estimated from the unlabeled "
+                    "pool (final.json: estimated_top1); give a test folder or data.test_csv "
+                    "to measure it")
     test_targets = dataset_targets(source.test)[test_indices]
     if check_leaks:
         check_no_test_leak(source, np.union1d(labeled, unlabeled), test_indices,

@@ -20,7 +20,7 @@ from finessl.rundir import RunDir, open_no_follow
 log = logging.getLogger(__name__)
 
 SHOWN_LOGS = ("loss", "mask", "pl_acc", "lr")
-EVAL_SCALARS = ("top1", "balanced_acc", "ece", "nll", "top5")
+EVAL_SCALARS = ("top1", "balanced_acc", "ece", "nll", "top5", "estimated_top1")
 
 
 class Callback:
@@ -63,8 +63,13 @@ class LogProgress(Callback):
                  format_duration(elapsed), format_duration(eta), speed)
 
     def on_eval(self, step: int, metrics: dict) -> None:
-        log.info("eval step %d: top1 %.2f balanced %.2f ece %.4f", step, metrics["top1"],
-                 metrics["balanced_acc"], metrics["ece"])
+        estimate = (f", estimated top1 {metrics['estimated_top1']:.1f} (no labels)"
+                    if metrics.get("estimated_top1") is not None else "")
+        if metrics.get("top1") is None:
+            log.info("eval step %d: no test set%s", step, estimate)
+            return
+        log.info("eval step %d: top1 %.2f balanced %.2f ece %.4f%s", step, metrics["top1"],
+                 metrics["balanced_acc"], metrics["ece"], estimate)
 
 
 class JsonlLog(Callback):
@@ -89,7 +94,8 @@ class JsonlLog(Callback):
     def on_eval(self, step: int, metrics: dict) -> None:
         diagnostics = metrics.get("pseudo_labels")
         scalars = {k: v for k, v in metrics.items() if k not in ("pseudo_labels", "per_class_acc")}
-        self._write({"kind": "eval", "step": step, **scalars, "per_class_acc": metrics["per_class_acc"]})
+        self._write({"kind": "eval", "step": step, **scalars,
+                     "per_class_acc": metrics.get("per_class_acc")})
         if diagnostics is not None:
             self._write({"kind": "pseudo_labels", "step": step, "epoch": metrics.get("epoch"),
                          **diagnostics})

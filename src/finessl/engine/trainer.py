@@ -32,6 +32,7 @@ from finessl.engine.callbacks import Callback
 from finessl.engine.optim import build_optimizer, build_scheduler
 from finessl.engine.sampling import EpochSampler, SeededItems
 from finessl.errors import ConfigError, TrainingDiverged, TrainingInterrupted
+from finessl.eval.estimate import Estimate, data_outputs, estimate, pool_view
 from finessl.eval.metrics import classification_metrics, predict_logits
 from finessl.rundir import RunDir, RunDirError
 
@@ -211,6 +212,12 @@ class Trainer:
                                                 self.dist)
         self.saved_step = 0  # the step of the checkpoint on disk
         self.nonfinite_steps = 0
+        self.estimating = cfg.estimate != "none" and len(self.data.unlabeled_indices) > 0 \
+            and self.data.source is not None
+        self.last_estimate: Estimate | None = None
+        self.best: dict = {"step": 0, "estimated_top1": None, "estimate": {}}  # train.keep
+        self.best_weights: dict[str, torch.Tensor] | None = None
+        self.best_unsaved = False
         shard = list(range(self.dist.rank, len(self.data.test), self.dist.world_size))
         self.test_loader = DataLoader(Subset(self.data.test, shard), batch_size=cfg.eval_batch_size,
                                       num_workers=workers, pin_memory=self.device.type == "cuda")
@@ -235,6 +242,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
+            "best": dict(self.best),
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
                     "python": random.getstate()},
         }
@@ -259,6 +267,7 @@ class Trainer:
             random.setstate(state["rng"]["python"])
             self.step, self.seconds = int(state["step"]), float(state["seconds"])
             self.skipped_images = int(state.get("skipped_images", 0))
+            self._restore_best(state.get("best"))
         except (KeyError, RuntimeError, ValueError, TypeError, IndexError, AttributeError) as error:
             raise RunDirError(f"run {where} is damaged: its training state does not load "
                               f"({str(error).splitlines()[0][:160]})") from None
@@ -271,8 +280,11 @@ class Trainer:
         if bad:
             self._diverged(f"the weights became non-finite ({bad[0]} holds NaN or inf)")
         if self.run is not None and self.dist.is_main:
+            if self.best_unsaved:  # before the state that points to it
+                self.run.save_adapter(self.best_weights, self.metadata, self.run.BEST_ADAPTER)
             self.run.save_adapter(self.model.trainable_state_dict(), self.metadata)
             self.run.save_state(self.state_dict())
+        self.best_unsaved = False
         self.saved_step = self.step
         self.dist.barrier()
 
@@ -365,6 +377,9 @@ class Trainer:
             self._diverged(f"the loss is {value}{steps}", at_step=self.step + 1)
 
     def evaluate(self) -> dict:
+        """Test metrics ({} without a test set: then only the estimate says how good it is)."""
+        if len(self.data.test) == 0:
+            return {}
         logits, labels = predict_logits(self.model, self.test_loader, self.device, self.autocast)
         logits = self.dist.gather_uneven(logits.to(self.device)).cpu()
         labels = self.dist.gather_uneven(labels.to(self.device)).cpu()
@@ -432,21 +447,94 @@ class Trainer:
         self.last_metrics = metrics
         diagnostics = self.algorithm.diagnostics()
         report = {**metrics, "epoch": epoch}
+        found = self._estimate()
+        if found is not None:
+            report.update(found.as_dict())
+        self._track_best(found)
         if diagnostics is not None:
             report["pseudo_labels"] = diagnostics
         for callback in callbacks:
             callback.on_eval(self.step, report)
 
+    # ------------------------------------------------------------------ label-free estimate
+
+    def _estimate(self) -> Estimate | None:
+        """``train.estimate`` on the pool subset (main process only: it is not a collective)."""
+        self.last_estimate = None
+        if not self.estimating or not self.dist.is_main:
+            return None
+        cfg = self.config.train
+        if not hasattr(self, "_estimate_pool"):  # the same images and views at every evaluation
+            data = self.data
+            self._estimate_pool = pool_view(data.source.train, data.unlabeled_indices,
+                                            data.transforms.test, self.model.backbone.image_size,
+                                            cfg.estimate_pool, self.config.seed)
+        trains_aux = bool(type(self.algorithm).option(self.config.algorithm, "dls"))
+        outputs = data_outputs(self.model, self.data, trains_aux, self.device,
+                               self.model.backbone.image_size, cfg.eval_batch_size,
+                               self.config.seed, self._estimate_pool, self.autocast)
+        self.last_estimate = estimate(outputs, cfg.estimate, seed=self.config.seed)
+        return self.last_estimate
+
+    def _track_best(self, found: Estimate | None) -> None:
+        """``train.keep best-estimate``: the weights of the evaluation estimated best so far
+        (every process keeps them; the main one decides and writes them)."""
+        if self.config.train.keep != "best-estimate" or not self.estimating:
+            return
+        best = self.best["estimated_top1"]
+        better = found is not None and (best is None or found.top1 > best)
+        if not self.dist.any(better, self.device):
+            return
+        self.best = {"step": self.step, "estimated_top1": found.top1 if found else None,
+                     "estimate": {k: v for k, v in found.as_dict().items() if k != "estimates"}
+                     if found else {}}
+        self.best_weights = {k: v.detach().to("cpu", copy=True)
+                             for k, v in self.model.trainable_state_dict().items()}
+        self.best_unsaved = True
+
+    def _restore_best(self, best: dict | None) -> None:
+        if not isinstance(best, dict) or not best.get("step"):
+            return
+        self.best = {"step": int(best["step"]), "estimated_top1": best.get("estimated_top1"),
+                     "estimate": best.get("estimate") or {}}
+        if self.config.train.keep == "best-estimate" and self.run is not None:
+            weights, _ = self.run.load_adapter(self.run.BEST_ADAPTER)
+            if self.model.adapter_mismatch(weights, {}):
+                raise self.run.damaged(f"{self.run.BEST_ADAPTER} does not fit the run's model")
+            self.best_weights = weights
+
     def _final(self) -> dict:
-        metrics = self.last_metrics or self.evaluate()
+        if self.last_metrics is None:
+            self.last_metrics = self.evaluate()
+            self._estimate()
+        metrics, found, kept = self.last_metrics, self.last_estimate, {}
+        if self.config.train.keep == "best-estimate" and self.best_weights is not None \
+                and self.best["step"] != self.step:
+            kept["last_top1"] = metrics.get("top1")
+            self.model.load_state_dict(self.best_weights, strict=False)
+            metrics = self.evaluate()
+            if self.run is not None and self.dist.is_main:
+                self.run.save_adapter(self.best_weights, self.metadata)
+            value = self.best["estimated_top1"]
+            kept.update(kept_step=self.best["step"],
+                        kept_reason=f"train.keep best-estimate: step {self.best['step']} had the "
+                                    "highest estimated top-1"
+                                    + (f" ({value:.2f} %)" if value is not None else ""))
+        else:
+            kept.update(kept_step=self.step, kept_reason=(
+                "train.keep best-estimate: the last evaluation had the highest estimated top-1"
+                if self.config.train.keep == "best-estimate" else "train.keep last"))
+        if kept["kept_step"] != self.step:
+            found = None  # the kept step's estimate is the best one
+            kept.update(self.best["estimate"])
         classes = self.data.classes
         final = {
-            "top1": metrics["top1"],
-            "balanced_acc": metrics["balanced_acc"],
-            "ece": metrics["ece"],
-            "nll": metrics["nll"],
+            "top1": metrics.get("top1"),  # None without a test set
+            "balanced_acc": metrics.get("balanced_acc"),
+            "ece": metrics.get("ece"),
+            "nll": metrics.get("nll"),
             **({"top5": metrics["top5"]} if "top5" in metrics else {}),
-            "per_class_acc": dict(zip(classes, metrics["per_class_acc"])),
+            "per_class_acc": dict(zip(classes, metrics["per_class_acc"])) if metrics else {},
             "steps": self.step,
             "seconds": round(self.seconds, 2),
             "trainable_params": self.model.num_trainable_parameters(),
@@ -461,6 +549,8 @@ class Trainer:
             "num_unlabeled": len(self.data.unlabeled),
             "num_test": len(self.data.test),
             "test_missing_classes": self.data.test_missing_classes,
+            **({k: v for k, v in found.as_dict().items()} if found is not None else {}),
+            **kept,
             **self.notes,
         }
         if self.run is not None and self.dist.is_main:

@@ -47,6 +47,10 @@ def plot_training(runs: list[RunSummary], out: Path) -> Path | None:
         label = f"{run.name}: " if compare else ""
         steps, top1 = run.series("eval", "top1")
         axes[0, 0].plot(steps, top1, marker="o", ms=3, label=f"{label}top-1")
+        steps, estimated = run.series("eval", "estimated_top1")
+        if estimated:
+            axes[0, 0].plot(steps, estimated, ls="--", marker="^", ms=3,
+                            label=f"{label}estimated top-1 (no labels)")
         if not compare:
             axes[0, 0].plot(*run.series("eval", "balanced_acc"), marker="s", ms=3, label="balanced")
         for key in [k for k in run.keys("train") if k.startswith(("loss", "kd"))]:

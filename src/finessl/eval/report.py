@@ -17,11 +17,13 @@ from pathlib import Path
 
 from finessl.errors import FinesslError
 from finessl.eval import plots
+from finessl.eval.estimate import common_estimates
 from finessl.eval.summary import ClassRow, summarise_run
 from finessl.rundir import RunDir, atomic_write
 
 WORST_SHOWN_FIRST = 10
-FINAL_KEYS = ("top1", "balanced_acc", "ece", "nll", "top5", "steps", "seconds", "trainable_params")
+FINAL_KEYS = ("top1", "estimated_top1", "balanced_acc", "ece", "nll", "top5", "steps", "seconds",
+              "trainable_params", "kept_step")
 
 
 def _fmt(value) -> str:
@@ -132,6 +134,9 @@ def write_report(run_dir: str | Path) -> Path:
                      'class="context"')
     final = html_table([[k, summary.final[k]] for k in FINAL_KEYS if k in summary.final],
                    ["metric", "value"])
+    if summary.final.get("estimate_warnings"):
+        final += "".join(f"<p>Estimate warning: {html.escape(str(w))}</p>"
+                         for w in summary.final["estimate_warnings"])
     body = (f"<h1>finessl run: {html.escape(summary.name)}</h1>{context}"
             f"<h2>Final numbers</h2>{final}"
             f"<h2>Classes ({len(summary.rows)}; the {WORST_SHOWN_FIRST} worst first, shaded; "
@@ -167,6 +172,17 @@ def _audit_section(run_path: Path) -> str:
             f'<p><a href="../{RunDir.AUDIT}/index.html">The whole audit</a></p>')
 
 
+def _estimates_table(runs) -> str:
+    """Estimated accuracies side by side: which run is better, with no test set at all."""
+    method, values = common_estimates([r.final for r in runs])
+    if method is None:
+        return ""
+    rows = [[r.name, v, r.final.get("top1")] for r, v in zip(runs, values)]
+    return (f"<h3>Estimated without labels ({html.escape(method)}, the same estimator for every "
+            f"run)</h3>" + html_table(rows, ["run", "estimated top-1 %", "test top-1 %"], 'class="sortable"')
+            + "<p>How far the estimate can be trusted: see the README (label-free estimates).</p>")
+
+
 def write_comparison(run_dirs: list[str | Path], out: str | Path) -> Path:
     """Several runs side by side: overlaid curves, final numbers, per-class differences
     against the first run. Writes ``out/index.html``."""
@@ -188,6 +204,7 @@ def write_comparison(run_dirs: list[str | Path], out: str | Path) -> Path:
     table = html_table([[r.name, r.context["algorithm"], r.context["backbone"], r.context["PEFT"],
                      *[r.final.get(k) for k in FINAL_KEYS]] for r in runs],
                    ["run", "algorithm", "backbone", "PEFT", *FINAL_KEYS], 'class="sortable"')
+    table += _estimates_table(runs)
     deltas = ""
     base = runs[0]
     for other in runs[1:]:

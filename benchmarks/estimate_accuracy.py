@@ -1,0 +1,159 @@
+"""How good are the label-free accuracy estimates? Every finished run under ``--runs``.
+
+For each run (a folder with ``final.json`` and its adapter): the run's model on a fixed
+subset of its own unlabeled pool and on its labeled images under strong augmentation (the
+calibration set), every estimator of ``finessl.eval.estimate``, against the run's measured
+test top-1. Per estimator: mean and worst absolute error, mean signed error, the Spearman
+rank correlation within each task (runs on the same data), and the same for the runs
+without a warning. The model outputs are cached under ``--cache``.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/estimate_accuracy.py \\
+        --runs runs/bench-openset runs/bench-estimate --doc docs/results.md --section estimate
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+def outputs_of(run_dir: Path, cache: Path):
+    """The run's model outputs on its pool subset and calibration set (cached)."""
+    from finessl.eval.estimate import Outputs
+
+    key = hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:16]
+    stored = cache / f"{key}.npz"
+    if stored.is_file():
+        data = np.load(stored)
+        aux = data["pool_aux"] if data["pool_aux"].size else None
+        return Outputs(data["pool"], aux, data["calibration"], data["calibration_labels"])
+    from finessl.run import run_outputs
+
+    out = run_outputs(run_dir, device="cpu")
+    cache.mkdir(parents=True, exist_ok=True)
+    np.savez(stored, pool=out.pool, pool_aux=out.pool_aux if out.pool_aux is not None else np.zeros(0),
+             calibration=out.calibration, calibration_labels=out.calibration_labels)
+    return out
+
+
+def task_of(run_dir: Path, config) -> str:
+    data = config.data
+    if data.name in ("csv", "folder"):  # benchmarks/open_set_data.py: POOL/seedN/train.csv
+        folder = Path(data.csv or data.root or "").parent
+        return (folder.parent.name if folder.name.startswith("seed") else folder.name) or data.name
+    return f"{data.name}:{','.join(data.classes or []) or 'all'}"
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    from scipy.stats import spearmanr
+
+    if len(a) < 3 or len(set(b)) < 2 or len(set(a)) < 2:
+        return float("nan")
+    return float(spearmanr(a, b).statistic)
+
+
+def table(rows: list[dict], methods: list[str], subset: str) -> str:
+    lines = [f"{subset}: {len(rows)} runs, {len({r['task'] for r in rows})} tasks\n",
+             "| estimator | mean abs. error | worst abs. error | mean signed error | "
+             "Spearman within a task (median) |", "|---|---|---|---|---|"]
+    for method in methods:
+        pairs = [(r["estimates"].get(method), r["top1"]) for r in rows]
+        pairs = [(e, t) for e, t in pairs if e is not None]
+        if not pairs:
+            continue
+        errors = np.asarray([e - t for e, t in pairs])
+        rhos = []
+        for task in {r["task"] for r in rows}:
+            group = [r for r in rows if r["task"] == task and method in r["estimates"]]
+            rho = spearman([r["estimates"][method] for r in group], [r["top1"] for r in group])
+            if rho == rho:
+                rhos.append(rho)
+        rho_text = f"{np.median(rhos):.2f} ({len(rhos)} tasks)" if rhos else "–"
+        lines.append(f"| {method} | {np.abs(errors).mean():.2f} | {np.abs(errors).max():.2f} | "
+                     f"{errors.mean():+.2f} | {rho_text} |")
+    return "\n".join(lines)
+
+
+def checkpoint_table(rows: list[dict]) -> str:
+    """train.keep: the test top-1 of the kept step under last, best-estimate and the oracle
+    (the best test top-1 of any evaluation), over the runs that kept by estimate."""
+    chosen = [r for r in rows if r.get("keep") == "best-estimate" and r["evals"]]
+    if not chosen:
+        return "No run here was trained with train.keep best-estimate."
+    last = np.asarray([r["last_top1"] for r in chosen])
+    kept = np.asarray([r["top1"] for r in chosen])
+    oracle = np.asarray([max(r["evals"]) for r in chosen])
+    moved = sum(r["kept_step"] != r["steps"] for r in chosen)
+    return "\n".join([
+        f"Checkpoint choice: {len(chosen)} runs with train.keep best-estimate, "
+        f"{len(chosen[0]['evals'])} evaluations each; the kept step was not the last in {moved}.\n",
+        "| kept | mean test top-1 | vs last | vs oracle | worst vs last |", "|---|---|---|---|---|",
+        f"| last | {last.mean():.2f} | – | {(last - oracle).mean():+.2f} | – |",
+        f"| best-estimate | {kept.mean():.2f} | {(kept - last).mean():+.2f} | "
+        f"{(kept - oracle).mean():+.2f} | {(kept - last).min():+.2f} |",
+        f"| oracle (test set) | {oracle.mean():.2f} | {(oracle - last).mean():+.2f} | – | – |",
+    ])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=Path, nargs="+", required=True)
+    parser.add_argument("--cache", type=Path, default=Path("runs/bench-estimate-cache"))
+    parser.add_argument("--doc", type=Path)
+    parser.add_argument("--section", default="estimate")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    from finessl.eval.estimate import ESTIMATORS, estimate
+    from finessl.rundir import RunDir
+
+    began = time.time()
+    rows = []
+    for root in args.runs:
+        for final in sorted(root.rglob(RunDir.FINAL)):
+            run = RunDir(final.parent)
+            config = run.read_config()
+            out = outputs_of(final.parent, args.cache)
+            result = estimate(out, seed=config.seed)
+            done = run.read_final()
+            evals = [r["top1"] for r in run.read_metrics() if r.get("kind") == "eval"
+                     and r.get("top1") is not None]
+            rows.append({"run": str(final.parent), "task": task_of(final.parent, config),
+                         "algorithm": config.algorithm.name, "top1": done["top1"],
+                         "keep": config.train.keep, "kept_step": done.get("kept_step"),
+                         "steps": done["steps"], "last_top1": done.get("last_top1", done["top1"]),
+                         "evals": evals,
+                         "estimates": {**result.methods, "default": result.top1},
+                         "interval": result.interval, "warnings": result.warnings})
+            print(f"{final.parent}: top1 {rows[-1]['top1']:.2f} "
+                  + " ".join(f"{k} {v:.1f}" for k, v in rows[-1]["estimates"].items()), flush=True)
+    methods = ["default", *ESTIMATORS.names()]
+    inside = np.mean([r["interval"][0] <= r["top1"] <= r["interval"][1] for r in rows]) if rows else 0
+    text = "\n\n".join([
+        table(rows, methods, "Every run"),
+        table([r for r in rows if not r["warnings"]], methods, "Runs without a warning"),
+        table([r for r in rows if r["warnings"]], methods, "Runs with a warning"),
+        f"The default's interval holds the measured top-1 for {100 * inside:.0f} % of the runs.",
+        checkpoint_table(rows),
+    ])
+    footer = (f"\n\nMachine: {platform.processor() or platform.machine()}, "
+              f"{time.time() - began:.0f} s for this table.")
+    print(text + footer)
+    (args.cache / "rows.json").write_text(json.dumps(rows, indent=1))
+    if args.doc:
+        from harness import write_section
+
+        write_section(args.doc, args.section, text + footer)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,307 @@
+"""How accurate is a model on images nobody labeled? Label-free accuracy estimators.
+
+Every estimator reads the model's class probabilities on the unlabeled images (``pool``)
+and, where it needs one, a *calibration* set with known labels that the run may use
+(never the test set). With four labels per class the labeled images are memorised, so
+their plain predictions say nothing; the calibration set is therefore the labeled images
+under strong augmentation (``strong``), which the model has not seen in that form.
+
+* ``confidence``: the mean top-class probability (assumes a calibrated model);
+* ``temperature``: the same after a temperature fitted on the calibration set;
+* ``atc``: average thresholded confidence (Garg et al., ICLR 2022): the share of pool
+  images whose confidence passes the threshold that the calibration set passes as often as
+  it is right;
+* ``doc``: difference of confidences (Guillory et al., ICCV 2021): calibration accuracy
+  minus the drop of mean confidence from the calibration set to the pool;
+* ``agreement``: how often two heads that were trained differently (FineSSL's main and
+  auxiliary heads) predict the same class (Jiang et al., ICLR 2022: disagreement tracks
+  the error).
+
+The interval is a bootstrap over the pool's images plus the spread of the estimators
+that apply: the methods disagree most where none of them can be trusted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from finessl.registry import Registry
+
+ESTIMATORS: Registry[Callable[..., float]] = Registry("estimate.method")
+DEFAULT_ESTIMATOR = "agreement"
+FALLBACK_ESTIMATOR = "atc"  # where the default does not apply (no trained auxiliary head)
+
+
+@dataclass
+class Outputs:
+    """Class probabilities: ``pool`` [N, C] (``pool_aux``: the auxiliary head's, or None);
+    the calibration set ``calibration`` [M, C] with its labels (None: no calibration)."""
+
+    pool: np.ndarray
+    pool_aux: np.ndarray | None = None
+    calibration: np.ndarray | None = None
+    calibration_labels: np.ndarray | None = None
+
+    def subset(self, rows: np.ndarray) -> Outputs:
+        return Outputs(self.pool[rows], None if self.pool_aux is None else self.pool_aux[rows],
+                       self.calibration, self.calibration_labels)
+
+
+def _confidence(probs: np.ndarray) -> np.ndarray:
+    return probs.max(axis=1)
+
+
+@ESTIMATORS.register("confidence")
+def confidence(out: Outputs) -> float:
+    return float(_confidence(out.pool).mean())
+
+
+@ESTIMATORS.register("temperature")
+def temperature(out: Outputs) -> float:
+    if out.calibration is None:
+        return float("nan")
+    t = fit_temperature(out.calibration, out.calibration_labels)
+    return float(_confidence(_tempered(out.pool, t)).mean())
+
+
+@ESTIMATORS.register("atc")
+def atc(out: Outputs) -> float:
+    if out.calibration is None:
+        return float("nan")
+    threshold = atc_threshold(_confidence(out.calibration),
+                              out.calibration.argmax(1) == out.calibration_labels)
+    return float((_confidence(out.pool) > threshold).mean())
+
+
+@ESTIMATORS.register("doc")
+def doc(out: Outputs) -> float:
+    if out.calibration is None:
+        return float("nan")
+    right = float((out.calibration.argmax(1) == out.calibration_labels).mean())
+    drop = float(_confidence(out.calibration).mean()) - float(_confidence(out.pool).mean())
+    return float(np.clip(right - drop, 0.0, 1.0))
+
+
+@ESTIMATORS.register("agreement")
+def agreement(out: Outputs) -> float:
+    if out.pool_aux is None:
+        return float("nan")
+    return float((out.pool.argmax(1) == out.pool_aux.argmax(1)).mean())
+
+
+def atc_threshold(scores: np.ndarray, right: np.ndarray) -> float:
+    """The score t with (calibration scores > t) as frequent as correct predictions."""
+    accuracy = float(np.mean(right))
+    if accuracy >= 1.0:
+        return float(scores.min()) - 1e-12
+    return float(np.quantile(scores, 1.0 - accuracy))
+
+
+def _tempered(probs: np.ndarray, t: float) -> np.ndarray:
+    logits = np.log(np.clip(probs, 1e-12, None)) / t
+    logits -= logits.max(axis=1, keepdims=True)
+    e = np.exp(logits)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature (0.05-20, log grid then golden refinement) of least NLL on ``probs``."""
+    def nll(log_t: float) -> float:
+        tempered = _tempered(probs, float(np.exp(log_t)))
+        return float(-np.log(np.clip(tempered[np.arange(len(labels)), labels], 1e-12, None)).mean())
+
+    grid = np.linspace(np.log(0.05), np.log(20.0), 61)
+    best = int(np.argmin([nll(g) for g in grid]))
+    lo, hi = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
+    ratio = (np.sqrt(5) - 1) / 2
+    for _ in range(30):
+        a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+        if nll(a) < nll(b):
+            hi = b
+        else:
+            lo = a
+    return float(np.exp((lo + hi) / 2))
+
+
+@dataclass
+class Estimate:
+    """Estimated top-1 in percent, with its interval and where it comes from."""
+
+    top1: float
+    interval: tuple[float, float]
+    method: str
+    methods: dict[str, float]  # every estimator that applies, in percent
+    pool_size: int
+    warnings: list[str]
+
+    def as_dict(self) -> dict:
+        return {"estimated_top1": self.top1, "estimated_top1_interval": list(self.interval),
+                "estimate_method": self.method, "estimates": self.methods,
+                "estimate_pool": self.pool_size, "estimate_warnings": self.warnings}
+
+
+def estimate(out: Outputs, method: str = DEFAULT_ESTIMATOR, seed: int = 0,
+             bootstrap: int = 200) -> Estimate:
+    """The chosen estimator (``agreement`` falls back to ``atc`` without a trained auxiliary
+    head), every other one for comparison, a 95 % bootstrap interval widened to the range of
+    the estimators that apply, and warnings where the estimate is not to be trusted."""
+    ESTIMATORS.get(method)
+    every = {name: ESTIMATORS.get(name)(out) for name in ESTIMATORS}
+    applicable = {name: value for name, value in every.items() if np.isfinite(value)}
+    chosen = method if method in applicable else FALLBACK_ESTIMATOR
+    if chosen not in applicable:
+        chosen = "confidence"
+    value = applicable[chosen]
+    rng = np.random.default_rng(seed)
+    n = len(out.pool)
+    draws = [ESTIMATORS.get(chosen)(out.subset(rng.integers(0, n, n))) for _ in range(bootstrap)] \
+        if n else [value]
+    low, high = np.quantile(draws, [0.025, 0.975]) if n else (value, value)
+    spread = [v for k, v in applicable.items() if k in (chosen, "atc", "doc", "agreement")]
+    low, high = min(low, *spread), max(high, *spread)
+    return Estimate(100.0 * value, (100.0 * float(low), 100.0 * float(high)), chosen,
+                    {k: 100.0 * v for k, v in applicable.items()}, n, warnings_for(out, applicable))
+
+
+def common_estimates(finals: list[dict]) -> tuple[str | None, list[float | None]]:
+    """One estimator for every run (runs compared on different estimators are not compared):
+    the first run's, when every run has it, else the first that every run has."""
+    methods = [set((f.get("estimates") or {}).keys()) for f in finals]
+    shared = set.intersection(*methods) if methods else set()
+    first = finals[0].get("estimate_method") if finals else None
+    order = [first] + sorted(shared) if first else sorted(shared)
+    method = next((m for m in order if m in shared), None)
+    return method, [f["estimates"][method] if method else None for f in finals]
+
+
+# A predicted class this much more frequent (or rarer) in the pool than in the labeled set,
+# or estimators this far apart, and the estimate is flagged.
+SHIFT_RATIO = 3.0
+DISAGREEMENT = 0.10
+
+
+def warnings_for(out: Outputs, applicable: dict[str, float]) -> list[str]:
+    """What makes the estimate doubtful, in words for the user."""
+    notes = []
+    if len(out.pool) == 0:
+        return ["the pool is empty: nothing to estimate on"]
+    C = out.pool.shape[1]
+    predicted = np.bincount(out.pool.argmax(1), minlength=C) / len(out.pool)
+    if predicted.max() > min(0.9, SHIFT_RATIO / C):
+        notes.append(f"the model puts {100 * predicted.max():.0f} % of the pool into one class: "
+                     "a collapsed model or a very imbalanced pool; estimates overrate such models")
+    values = list(applicable.values())
+    if len(values) > 1 and max(values) - min(values) > DISAGREEMENT:
+        notes.append(f"the estimators disagree by {100 * (max(values) - min(values)):.0f} points: the "
+                     "pool may hold images unlike the labeled ones (run finessl audit)")
+    return notes
+
+
+# ---------------------------------------------------------------- the model's outputs
+
+ESTIMATE_POOL = 2000  # pool images an estimate during training reads (a fixed random subset)
+CALIBRATION_VIEWS = 4  # strong views of each labeled image in the calibration set
+
+
+def calibration_view(labeled, strong_transform, views: int = CALIBRATION_VIEWS):
+    """The labeled images under ``views`` strong augmentations each, with their labels."""
+    from torch.utils.data import ConcatDataset
+
+    from finessl.data.ssl_data import LabeledView
+
+    return ConcatDataset([LabeledView(labeled.source, labeled.indices, strong_transform, labeled.labels)
+                          for _ in range(views)])
+
+
+class PoolImages:
+    """Pool images at test transform as ``(image, 0)``; an unreadable one is ``(zeros, -1)``
+    and left out of the estimate."""
+
+    def __init__(self, source, indices: np.ndarray, transform, image_size: int) -> None:
+        self.source, self.indices = source, np.asarray(indices)
+        self.transform, self.image_size = transform, image_size
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int):
+        import torch
+
+        from finessl.errors import DataError
+
+        try:
+            image, _ = self.source[int(self.indices[index])]
+            return self.transform(image), 0
+        except DataError:
+            return torch.zeros(3, self.image_size, self.image_size), -1
+
+
+def pool_view(source_train, unlabeled_indices: np.ndarray, test_transform, image_size: int,
+              size: int | None = ESTIMATE_POOL, seed: int = 0) -> PoolImages:
+    """A fixed random subset (``size`` images; None: all) of the pool at test transform."""
+    from finessl.data.ssl_data import cap_indices
+
+    indices = cap_indices(np.asarray(unlabeled_indices), size, seed)
+    return PoolImages(source_train, indices, test_transform, image_size)
+
+
+def data_outputs(model, data, trains_aux: bool, device, image_size: int, batch_size: int = 256,
+                 seed: int = 0, pool=None, autocast=None, pool_size: int | None = ESTIMATE_POOL) -> Outputs:
+    """``model_outputs`` on a run's data: its pool subset (``pool_size`` images drawn with
+    ``seed``, or ``pool``) and its calibration set (drawn with ``seed``)."""
+    if pool is None:
+        pool = pool_view(data.source.train, data.unlabeled_indices, data.transforms.test,
+                         image_size, pool_size, seed)
+    calibration = calibration_view(data.labeled, data.transforms.strong)
+    return model_outputs(model, pool, calibration, device, batch_size, seed, autocast, trains_aux)
+
+
+def model_outputs(model, pool, calibration, device, batch_size: int = 256, seed: int = 0,
+                  autocast=None, with_aux: bool = True) -> Outputs:
+    """Main (and auxiliary) head probabilities on ``pool``; main-head probabilities on
+    ``calibration`` (drawn with a fixed seed, leaving every random state as it was, so a
+    run that estimates trains exactly as one that does not). Unreadable images are skipped."""
+    import contextlib
+    import random
+
+    import torch
+    from torch.utils.data import DataLoader
+
+    autocast = autocast or contextlib.nullcontext
+
+    def forward(dataset, aux: bool):
+        main, extra, labels = [], [], []
+        for images, targets in DataLoader(dataset, batch_size=batch_size, num_workers=0):
+            with autocast():
+                result = model(images.to(device), aux=True) if aux else (model(images.to(device)), None)
+            main.append(result[0].float().softmax(-1).cpu())
+            if aux:
+                extra.append(result[1].float().softmax(-1).cpu())
+            labels.append(torch.as_tensor(targets))
+        if not main:
+            return np.zeros((0, 0)), None, np.zeros(0, dtype=np.int64)
+        return (torch.cat(main).numpy(), torch.cat(extra).numpy() if aux else None,
+                torch.cat(labels).numpy())
+
+    was_training = model.training
+    model.eval()
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
+            pool_main, pool_aux, readable = forward(pool, with_aux)
+            keep = readable >= 0
+            pool_main = pool_main[keep]
+            pool_aux = pool_aux[keep] if pool_aux is not None else None
+            calib, _, calib_labels = forward(calibration, False) if calibration is not None \
+                else (None, None, None)
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+        model.train(was_training)
+    return Outputs(pool_main, pool_aux, calib, calib_labels)

@@ -1,0 +1,220 @@
+"""Label-free accuracy estimates: the estimators on constructed cases whose true accuracy is
+known, the estimate in training (metrics, final.json, train.keep through resume), and the
+``estimate`` command and report."""
+
+import json
+
+import numpy as np
+import pytest
+from test_engine import StopAt, smoke
+
+from finessl.config import ESTIMATORS as CONFIG_CHOICES
+from finessl.eval.estimate import (
+    ESTIMATORS,
+    Outputs,
+    atc,
+    atc_threshold,
+    common_estimates,
+    estimate,
+    fit_temperature,
+)
+from finessl.run import train
+from finessl.rundir import RunDir
+
+from helpers import run_cli
+
+C = 5
+
+
+def calibrated(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities that are calibrated by construction: a top confidence c is drawn, the
+    rest spread over the other classes, and the label drawn from those probabilities (so the
+    top class is right with probability c)."""
+    rng = np.random.default_rng(seed)
+    top = rng.uniform(0.55, 1.0, n)  # above half: the top class is the predicted one
+    probs = np.empty((n, C))
+    predicted = rng.integers(0, C, n)
+    for i in range(n):
+        rest = rng.dirichlet(np.ones(C - 1)) * (1 - top[i])
+        probs[i] = np.insert(rest, predicted[i], top[i])
+    # The label is drawn from the probabilities themselves: calibrated in every class.
+    labels = (rng.uniform(size=(n, 1)) > probs.cumsum(1)).sum(1).clip(0, C - 1)
+    return probs, labels
+
+
+def accuracy(probs, labels) -> float:
+    return float((probs.argmax(1) == labels).mean())
+
+
+def test_calibrated_confidences_estimate_the_accuracy():
+    pool, pool_labels = calibrated(20000, 0)
+    calibration, calibration_labels = calibrated(20000, 1)
+    truth = accuracy(pool, pool_labels)
+    out = Outputs(pool, None, calibration, calibration_labels)
+    for name in ("confidence", "atc", "doc", "temperature"):
+        assert ESTIMATORS.get(name)(out) == pytest.approx(truth, abs=0.015), name
+
+
+def test_overconfidence_is_corrected_by_the_calibration_set():
+    """Sharpened probabilities overrate the accuracy; ATC, DoC and the fitted temperature,
+    calibrated on data of the same kind, do not."""
+    pool, pool_labels = calibrated(20000, 2)
+    calibration, calibration_labels = calibrated(20000, 3)
+
+    def sharpen(p):
+        q = p ** 3
+        return q / q.sum(1, keepdims=True)
+
+    out = Outputs(sharpen(pool), None, sharpen(calibration), calibration_labels)
+    truth = accuracy(pool, pool_labels)
+    assert ESTIMATORS.get("confidence")(out) > truth + 0.1
+    for name in ("atc", "doc", "temperature"):
+        assert ESTIMATORS.get(name)(out) == pytest.approx(truth, abs=0.03), name
+    assert fit_temperature(sharpen(calibration), calibration_labels) == pytest.approx(3.0, rel=0.1)
+
+
+def test_agreement_is_the_share_of_images_both_heads_put_in_one_class():
+    rng = np.random.default_rng(0)
+    main = rng.dirichlet(np.ones(C), 1000)
+    aux = main.copy()
+    flipped = rng.permutation(1000)[:370]  # 370 of 1000 disagree: agreement 0.63 exactly
+    top = main.argmax(1)
+    aux[flipped] = np.eye(C)[(top[flipped] + 1) % C]
+    found = estimate(Outputs(main, aux), "agreement")
+    assert found.method == "agreement" and found.top1 == pytest.approx(63.0)
+    low, high = found.interval
+    assert low < 63.0 < high
+    # Without an auxiliary head, agreement does not apply: the fallback is named.
+    assert estimate(Outputs(main, None, main, top), "agreement").method == "atc"
+    assert estimate(Outputs(main), "agreement").method == "confidence"
+
+
+def test_atc_threshold_by_hand():
+    scores = 0.5 + np.arange(1, 11) / 20  # confidences 0.55, 0.60, ..., 1.00
+    right = np.arange(10) >= 3  # the three least confident are wrong: 70 % right
+    # the threshold passes 7 of 10: quantile 0.3 = 0.65 + 0.7 * 0.05 = 0.685
+    assert atc_threshold(scores, right) == pytest.approx(0.685)
+    calibration = np.stack([scores, 1 - scores], 1)
+    labels = np.where(right, 0, 1)
+    pool = np.array([[0.35, 0.65], [0.95, 0.05], [0.5, 0.5], [0.01, 0.99], [0.7, 0.3]])
+    # pool confidences 0.65, 0.95, 0.5, 0.99, 0.7: three of five above 0.685
+    assert atc(Outputs(pool, None, calibration, labels)) == pytest.approx(0.6)
+
+
+def test_a_collapsed_model_is_flagged():
+    probs = np.tile([[0.97, 0.01, 0.01, 0.005, 0.005]], (200, 1))
+    found = estimate(Outputs(probs))
+    assert any("one class" in w for w in found.warnings)
+    assert estimate(Outputs(calibrated(500, 4)[0])).warnings == []
+
+
+def test_the_config_lists_every_estimator():
+    assert sorted(CONFIG_CHOICES) == sorted([*ESTIMATORS.names(), "none"])
+
+
+def test_common_estimates_compare_runs_on_one_estimator():
+    finals = [{"estimate_method": "agreement", "estimates": {"agreement": 80.0, "atc": 78.0}},
+              {"estimate_method": "atc", "estimates": {"atc": 70.0, "doc": 69.0}}]
+    assert common_estimates(finals) == ("atc", [78.0, 70.0])
+    assert common_estimates([finals[0], finals[0]]) == ("agreement", [80.0, 80.0])
+    assert common_estimates([{}, finals[0]]) == (None, [None, None])
+
+
+def test_training_estimates_at_every_evaluation_and_keeps_the_best_through_resume(tmp_path):
+    keep = {"train.keep": "best-estimate", "train.eval_every": "1", "train.steps": "5"}
+    straight = train(smoke(**keep), tmp_path / "straight", callbacks=[])
+    records = [r for r in RunDir(tmp_path / "straight").read_metrics() if r["kind"] == "eval"]
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5]
+    estimates = [r["estimated_top1"] for r in records]
+    assert all(0 <= e <= 100 for e in estimates)
+    best = int(np.argmax(estimates))  # the first of the highest
+    assert straight["kept_step"] == records[best]["step"]
+    assert straight["estimated_top1"] == pytest.approx(estimates[best])
+    assert straight["top1"] == pytest.approx(records[best]["top1"])  # the kept model's test top-1
+    if records[best]["step"] != 5:
+        assert straight["last_top1"] == pytest.approx(records[-1]["top1"])
+    low, high = straight["estimated_top1_interval"]
+    assert low <= straight["estimated_top1"] <= high
+    json.loads((tmp_path / "straight" / "final.json").read_text())  # strict JSON
+
+    with pytest.raises(Exception, match="--resume"):
+        train(smoke(**keep), tmp_path / "stopped", callbacks=[StopAt(3)])
+    resumed = train(smoke(**keep), tmp_path / "stopped", callbacks=[], resume=True)
+    for key in ("kept_step", "estimated_top1", "top1", "estimated_top1_interval"):
+        assert resumed[key] == straight[key], key
+    a, _ = RunDir(tmp_path / "straight").load_adapter()
+    b, _ = RunDir(tmp_path / "stopped").load_adapter()
+    assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+
+
+def test_estimating_does_not_change_training(tmp_path):
+    on = train(smoke(), tmp_path / "on", callbacks=[])
+    off = train(smoke(**{"train.estimate": "none"}), tmp_path / "off", callbacks=[])
+    assert "estimated_top1" in on and "estimated_top1" not in off
+    a, _ = RunDir(tmp_path / "on").load_adapter()
+    b, _ = RunDir(tmp_path / "off").load_adapter()
+    assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+
+
+def test_estimate_command_and_side_by_side_report(capsys, tmp_path, monkeypatch):
+    from helpers import make_image_folder
+
+    monkeypatch.chdir(tmp_path)
+    train(smoke(), tmp_path / "a", callbacks=[])
+    train(smoke(**{"algorithm.name": "supervised"}), tmp_path / "b", callbacks=[])
+    run_cli(capsys, ["estimate", "--run", tmp_path / "a", "--out", tmp_path / "e.json"], code=0)
+    written = json.loads((tmp_path / "e.json").read_text())
+    assert 0 <= written["estimated_top1"] <= 100 and written["estimate_pool"] > 0
+    folder = make_image_folder(tmp_path / "new", classes=("x",), per_class=3, unlabeled=0, test=0)
+    (folder / "labeled" / "x" / "broken.png").write_bytes(b"not an image")
+    from finessl.cli import main
+
+    assert main(["estimate", "--run", str(tmp_path / "a"), str(folder / "labeled"),
+                 "--method", "confidence"]) == 0
+    out = capsys.readouterr().out
+    assert "(confidence, 3 images of" in out  # the unreadable file is left out
+    err = run_cli(capsys, ["estimate", "--run", tmp_path / "a", "--method", "guess"])
+    assert "unknown estimate.method 'guess'" in err
+    run_cli(capsys, ["report", "--run", tmp_path / "a", "--run", tmp_path / "b", "--out",
+                     tmp_path / "cmp"], code=0)
+    page = (tmp_path / "cmp" / "index.html").read_text()
+    assert "Estimated without labels" in page
+
+
+def test_a_dataset_without_a_test_set_trains_and_reports_the_estimate(capsys, tmp_path):
+    from finessl.cli import main
+    from helpers import make_image_folder
+
+    root = make_image_folder(tmp_path / "data", per_class=4, unlabeled=12, test=0)
+    assert not (root / "test").exists()
+    out = tmp_path / "run"
+    argv = ["train", "--preset", "smoke", "--data.name", "folder", "--data.root", str(root),
+            "--data.labels_per_class", "none", "--train.steps", "3", "--train.steps_per_epoch", "3",
+            "--train.tensorboard", "false", "--output", str(out)]
+    assert main(argv) == 0
+    assert "no test set  estimated_top1" in capsys.readouterr().out
+    final = RunDir(out).read_final()
+    assert final["top1"] is None and final["num_test"] == 0 and final["per_class_acc"] == {}
+    assert 0 <= final["estimated_top1"] <= 100
+    run_cli(capsys, ["report", "--run", out], code=0)
+    err = run_cli(capsys, ["eval", "--run", out])
+    assert "no test set" in err
+    # A test folder that is named but missing is still an error, not "no test set".
+    err = run_cli(capsys, [*argv[:-1], str(tmp_path / "other"), "--data.test_dir", str(tmp_path / "nope")])
+    assert "test_dir" in err
+    # The CSV dataset without data.test_csv, the same way.
+    rows = ["path,label"] + [f"{p},{p.parent.name}" for p in sorted((root / "labeled").rglob("*.png"))]
+    rows += [f"{p}," for p in sorted((root / "unlabeled").glob("*"))]
+    (tmp_path / "train.csv").write_text("\n".join(rows) + "\n")
+    csv_argv = ["train", "--preset", "smoke", "--data.name", "csv", "--data.csv", str(tmp_path / "train.csv"),
+                "--data.labels_per_class", "none", "--train.steps", "2", "--train.tensorboard", "false",
+                "--output", str(tmp_path / "csv-run")]
+    assert main(csv_argv) == 0
+    assert RunDir(tmp_path / "csv-run").read_final()["top1"] is None
+    # A simulated loop needs a test set to compare its rounds: refused before round 0.
+    labeled_only = ["path,label"] + [f"{p},{p.parent.name}" for p in sorted((root / "labeled").rglob("*.png"))]
+    (tmp_path / "all.csv").write_text("\n".join(labeled_only) + "\n")
+    err = run_cli(capsys, ["loop", "--preset", "smoke", "--data.name", "csv", "--data.csv",
+                           tmp_path / "all.csv", "--output", tmp_path / "loop", "--budget", "2"])
+    assert "compares rounds on a test set" in err
+    assert not (tmp_path / "loop" / "round0").exists()
