@@ -252,6 +252,23 @@ def test_ood_auto_keeps_a_clean_pool(tmp_path):
     assert len(pieces.pool_filter.excluded) == 0 and len(pieces.data.unlabeled) == 48
 
 
+def test_ood_auto_filters_a_pool_that_is_mostly_foreign(tmp_path):
+    from finessl.audit.pool_filter import AUTO_MIN_SHARE
+    from finessl.builder import build_run
+    from finessl.config import apply_overrides, load_preset
+
+    root = make_image_folder(tmp_path / "data", classes=("cat", "dog"), per_class=4, unlabeled=0)
+    png_pool(root, 16, 2)
+    planted = foreign_pool(root, count=40)  # 40 of the 56 (+8 labeled) pool images
+    config = apply_overrides(load_preset("smoke"), {
+        "data.name": "folder", "data.root": str(root), "algorithm.ood": "auto", "model.peft": "full"})
+    pieces = build_run(config, backbone=MeanColour())
+    assert pieces.pool_filter.share >= AUTO_MIN_SHARE
+    paths = np.asarray(pieces.data.source.train.paths)
+    kept = {str(p) for p in paths[pieces.data.unlabeled_indices]}
+    assert len(kept & {str(p) for p in planted}) <= 4  # nearly all foreign images are out
+
+
 def test_large_graphs_use_a_pca_space_that_keeps_the_neighbours():
     from finessl.audit.neighbours import search_space
 

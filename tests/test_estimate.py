@@ -183,6 +183,7 @@ def test_estimate_command_and_side_by_side_report(capsys, tmp_path, monkeypatch)
 
 def test_a_dataset_without_a_test_set_trains_and_reports_the_estimate(capsys, tmp_path):
     from finessl.cli import main
+
     from helpers import make_image_folder
 
     root = make_image_folder(tmp_path / "data", per_class=4, unlabeled=12, test=0)
@@ -212,7 +213,8 @@ def test_a_dataset_without_a_test_set_trains_and_reports_the_estimate(capsys, tm
     assert main(csv_argv) == 0
     assert RunDir(tmp_path / "csv-run").read_final()["top1"] is None
     # A simulated loop needs a test set to compare its rounds: refused before round 0.
-    labeled_only = ["path,label"] + [f"{p},{p.parent.name}" for p in sorted((root / "labeled").rglob("*.png"))]
+    labeled_only = ["path,label"] + [f"{p},{p.parent.name}"
+                                     for p in sorted((root / "labeled").rglob("*.png"))]
     (tmp_path / "all.csv").write_text("\n".join(labeled_only) + "\n")
     err = run_cli(capsys, ["loop", "--preset", "smoke", "--data.name", "csv", "--data.csv",
                            tmp_path / "all.csv", "--output", tmp_path / "loop", "--budget", "2"])

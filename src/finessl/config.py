@@ -151,7 +151,7 @@ class AlgorithmConfig:
                                 choices=(None, "algorithm", "aux", "main"))
     ema_momentum: float = opt(0.999, "FreeMatch / SoftMatch / DebiasPL EMA momentum", ge=0, lt=1)
     ood: str = opt("none", "out-of-distribution pool images: none (keep all), filter (drop the share "
-                           "judged foreign before training), auto (filter when it is >= 20 %)",
+                           "judged foreign before training), auto (filter when it is >= 50 %)",
                    choices=("none", "auto", "filter"))
     # Per-algorithm sections (algorithm.softmatch, algorithm.semikd, ...), beside each algorithm.
     methods: dict[str, Any] = field(default_factory=dict, metadata={"methods": "algorithm"})

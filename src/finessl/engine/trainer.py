@@ -553,6 +553,8 @@ class Trainer:
             **kept,
             **self.notes,
         }
+        for warning in final.get("estimate_warnings", []):
+            log.warning("the label-free estimate: %s", warning)
         if self.run is not None and self.dist.is_main:
             self.run.write_final(final)
         return final
