@@ -169,8 +169,10 @@ def cmd_estimate(args, overrides) -> int:
     from finessl.eval.estimate import ESTIMATORS
     from finessl.run import estimate
 
-    if args.method:
+    if args.method:  # both checked before the run's images are read
         ESTIMATORS.get(args.method)
+    if args.out:
+        check_writable(args.out)
     found = estimate(args.run, args.pool or None, device=args.device, method=args.method)
     where = ", ".join(args.pool) if args.pool else "the run's unlabeled pool"
     low, high = found.interval
@@ -182,7 +184,6 @@ def cmd_estimate(args, overrides) -> int:
     if args.out:
         from finessl.rundir import write_json
 
-        check_writable(args.out)
         write_json(Path(args.out), {**found.as_dict(), "run": str(args.run), "pool": args.pool or None})
         print(f"written to {args.out}")
     return 0

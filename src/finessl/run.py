@@ -244,17 +244,11 @@ def zeroshot(config: Config | str | Path | dict, device: str = "auto") -> dict:
     return classification_metrics(torch.cat(logits), torch.cat(labels))
 
 
-def trains_aux_head(config: Config) -> bool:
-    """Whether the run's algorithm trains the auxiliary head (FineSSL's DLS)."""
-    from finessl.algorithms import algorithm_class
-
-    return bool(algorithm_class(config.algorithm).option(config.algorithm, "dls"))
-
-
 def run_outputs(run_dir: str | Path, device: str = "auto", pool: Sequence[str | Path] | None = None):
     """A run's model outputs for estimating its accuracy: on its own unlabeled pool (the
     fixed subset training estimates on) or on the images ``pool`` names (files, folders,
     CSV lists), and on its labeled images under strong augmentation."""
+    from finessl.algorithms import trains_aux_head
     from finessl.data.datasets import FileImages
     from finessl.data.ssl_data import build_ssl_data
     from finessl.eval.estimate import PoolImages, data_outputs
@@ -273,7 +267,7 @@ def run_outputs(run_dir: str | Path, device: str = "auto", pool: Sequence[str | 
         images = PoolImages(FileImages(paths, [-1] * len(paths)), np.arange(len(paths)),
                             data.transforms.test, predictor.image_size)
     precision = resolve_precision(cfg.train.precision, predictor.device)
-    return data_outputs(predictor.model, data, trains_aux_head(cfg), predictor.device,
+    return data_outputs(predictor.model, data, trains_aux_head(cfg.algorithm), predictor.device,
                         predictor.image_size, cfg.train.eval_batch_size, cfg.seed, images,
                         autocast_for(precision, predictor.device), cfg.train.estimate_pool)
 

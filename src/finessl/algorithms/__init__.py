@@ -18,6 +18,8 @@ from finessl.algorithms.base import (
     StepResult,
     algorithm_class,
     build_algorithm,
+    trains_aux_head,
 )
 
-__all__ = ["ALGORITHMS", "Algorithm", "Batch", "StepResult", "algorithm_class", "build_algorithm"]
+__all__ = ["ALGORITHMS", "Algorithm", "Batch", "StepResult", "algorithm_class", "build_algorithm",
+           "trains_aux_head"]

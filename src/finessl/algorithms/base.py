@@ -109,6 +109,12 @@ def algorithm_class(config: AlgorithmConfig) -> type[Algorithm]:
     return ALGORITHMS.get(config.name)
 
 
+def trains_aux_head(config: AlgorithmConfig) -> bool:
+    """Whether the algorithm trains the auxiliary head (FineSSL's DLS); an untrained one is
+    a copy of the initial main head, useless for head agreement."""
+    return bool(algorithm_class(config).option(config, "dls"))
+
+
 def pseudo_label_accuracy(pseudo: torch.Tensor, truth: torch.Tensor | None,
                           mask: torch.Tensor) -> dict[str, float]:
     """Accuracy of pseudo-labels (all, and among selected) where the truth is known."""

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from finessl.algorithms import Algorithm, Batch
+from finessl.algorithms import Algorithm, Batch, trains_aux_head
 from finessl.config import Config, TrainConfig
 from finessl.data.ssl_data import SSLData
 from finessl.device import autocast_for, resolve_device, resolve_precision
@@ -214,8 +214,13 @@ class Trainer:
         self.nonfinite_steps = 0
         self.estimating = cfg.estimate != "none" and len(self.data.unlabeled_indices) > 0 \
             and self.data.source is not None
+        if self.estimating:  # the same pool images (and calibration views) at every evaluation
+            self.estimate_pool = pool_view(self.data.source.train, self.data.unlabeled_indices,
+                                           self.data.transforms.test, self.model.backbone.image_size,
+                                           cfg.estimate_pool, self.config.seed)
         self.last_estimate: Estimate | None = None
-        self.best: dict = {"step": 0, "estimated_top1": None, "estimate": {}}  # train.keep
+        # train.keep best-estimate: the step estimated best so far and its Estimate.as_dict()
+        self.best: dict = {"step": 0, "estimate": {}}
         self.best_weights: dict[str, torch.Tensor] | None = None
         self.best_unsaved = False
         shard = list(range(self.dist.rank, len(self.data.test), self.dist.world_size))
@@ -464,15 +469,9 @@ class Trainer:
         if not self.estimating or not self.dist.is_main:
             return None
         cfg = self.config.train
-        if not hasattr(self, "_estimate_pool"):  # the same images and views at every evaluation
-            data = self.data
-            self._estimate_pool = pool_view(data.source.train, data.unlabeled_indices,
-                                            data.transforms.test, self.model.backbone.image_size,
-                                            cfg.estimate_pool, self.config.seed)
-        trains_aux = bool(type(self.algorithm).option(self.config.algorithm, "dls"))
-        outputs = data_outputs(self.model, self.data, trains_aux, self.device,
-                               self.model.backbone.image_size, cfg.eval_batch_size,
-                               self.config.seed, self._estimate_pool, self.autocast)
+        outputs = data_outputs(self.model, self.data, trains_aux_head(self.config.algorithm),
+                               self.device, self.model.backbone.image_size, cfg.eval_batch_size,
+                               self.config.seed, self.estimate_pool, self.autocast)
         self.last_estimate = estimate(outputs, cfg.estimate, seed=self.config.seed)
         return self.last_estimate
 
@@ -481,13 +480,11 @@ class Trainer:
         (every process keeps them; the main one decides and writes them)."""
         if self.config.train.keep != "best-estimate" or not self.estimating:
             return
-        best = self.best["estimated_top1"]
+        best = self.best["estimate"].get("estimated_top1")
         better = found is not None and (best is None or found.top1 > best)
         if not self.dist.any(better, self.device):
             return
-        self.best = {"step": self.step, "estimated_top1": found.top1 if found else None,
-                     "estimate": {k: v for k, v in found.as_dict().items() if k != "estimates"}
-                     if found else {}}
+        self.best = {"step": self.step, "estimate": found.as_dict() if found else {}}
         self.best_weights = {k: v.detach().to("cpu", copy=True)
                              for k, v in self.model.trainable_state_dict().items()}
         self.best_unsaved = True
@@ -495,8 +492,7 @@ class Trainer:
     def _restore_best(self, best: dict | None) -> None:
         if not isinstance(best, dict) or not best.get("step"):
             return
-        self.best = {"step": int(best["step"]), "estimated_top1": best.get("estimated_top1"),
-                     "estimate": best.get("estimate") or {}}
+        self.best = {"step": int(best["step"]), "estimate": best.get("estimate") or {}}
         if self.config.train.keep == "best-estimate" and self.run is not None:
             weights, _ = self.run.load_adapter(self.run.BEST_ADAPTER)
             if self.model.adapter_mismatch(weights, {}):
@@ -515,7 +511,7 @@ class Trainer:
             metrics = self.evaluate()
             if self.run is not None and self.dist.is_main:
                 self.run.save_adapter(self.best_weights, self.metadata)
-            value = self.best["estimated_top1"]
+            value = self.best["estimate"].get("estimated_top1")
             kept.update(kept_step=self.best["step"],
                         kept_reason=f"train.keep best-estimate: step {self.best['step']} had the "
                                     "highest estimated top-1"
@@ -549,7 +545,7 @@ class Trainer:
             "num_unlabeled": len(self.data.unlabeled),
             "num_test": len(self.data.test),
             "test_missing_classes": self.data.test_missing_classes,
-            **({k: v for k, v in found.as_dict().items()} if found is not None else {}),
+            **(found.as_dict() if found is not None else {}),
             **kept,
             **self.notes,
         }
