@@ -1,6 +1,7 @@
-"""Which images to label next, measured: simulated labeling rounds per strategy.
+"""Which images to label next, measured: simulated labeling rounds per strategy, and the
+cold start (the first labels, chosen before any training).
 
-For every seed, round 0 trains the ``demo`` preset (4 labels per class) once; then each
+Rounds: for every seed, round 0 trains the ``demo`` preset (4 labels per class) once; then each
 strategy runs ``--rounds`` rounds of ``finessl loop`` from that same round 0: suggest
 ``--budget`` images of the unlabeled pool, reveal their true labels, train again with the
 same budget of steps, warm-started from the previous round. The table is the test
@@ -10,6 +11,18 @@ on test data (the strategies' constants are fixed in code, not tuned).
     .venv/bin/python benchmarks/label_next.py --seeds 0 1 2 --set train.steps=300 \\
         train.steps_per_epoch=150 data.max_unlabeled=6000 data.max_test=2000 \\
         --runs runs/label-next --doc docs/results.md --section label-next
+
+Cold start (``--cold-start K [K ...]``): for every seed, K and strategy, ``finessl loop
+--cold-start --rounds 0`` picks K images of the pool from the pretrained features (no seed
+labels), reveals their labels and trains each ``--algorithms`` on them alone; the table is
+the test accuracy. ``auto`` is ``typiclust`` before any training (the same picks), so it is
+not trained twice. A cheaper measurement of both over frozen features with a linear probe,
+on two datasets and with a held-out part of the training set, is ``label_next_probe.py``.
+
+    .venv/bin/python benchmarks/label_next.py --cold-start 10 20 40 --seeds 0 1 \
+        --strategies random typiclust probcover --algorithms finessl supervised \
+        --set train.steps=200 data.max_unlabeled=3000 data.max_test=1000 \
+        --runs runs/cold-start --doc docs/results.md --section cold-start
 """
 
 from __future__ import annotations
@@ -23,7 +36,7 @@ import sys
 import time
 from pathlib import Path
 
-STRATEGIES = ("random", "entropy", "margin", "kcenter", "balanced")
+STRATEGIES = ("random", "entropy", "margin", "kcenter", "balanced", "typiclust", "probcover", "auto")
 
 
 def summarise(values: list[float]) -> str:
@@ -43,6 +56,10 @@ def main() -> None:
     parser.add_argument("--runs", default="runs/label-next")
     parser.add_argument("--doc")
     parser.add_argument("--section", default="label-next")
+    parser.add_argument("--cold-start", nargs="+", type=int, metavar="K",
+                        help="measure the cold start with these budgets instead of rounds")
+    parser.add_argument("--algorithms", nargs="+", default=["finessl", "supervised"],
+                        help="(cold start) the algorithms trained on the first labels")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
@@ -54,6 +71,12 @@ def main() -> None:
     from harness import write_section
 
     overrides = dict(item.split("=", 1) for item in args.set)
+    if args.cold_start:
+        text = cold_start_table(args, overrides, write_section)
+        print(text)
+        if args.doc:
+            write_section(Path(args.doc), args.section, text)
+        return
     began = time.time()
     results: dict[str, list[list[dict]]] = {s: [] for s in args.strategies}
     for seed in args.seeds:
@@ -92,6 +115,46 @@ def main() -> None:
     print(text)
     if args.doc:
         write_section(Path(args.doc), args.section, text)
+
+
+def cold_start_table(args, overrides: dict[str, str], write_section) -> str:
+    from finessl.active.loop import run_loop
+    from finessl.config import apply_overrides, load_preset
+    from finessl.engine.callbacks import LogProgress
+
+    began = time.time()
+    top1: dict[tuple[str, str, int], list[float]] = {}
+    seconds = 0.0
+    for seed in args.seeds:
+        for budget in args.cold_start:
+            for strategy in args.strategies:
+                for algorithm in args.algorithms:
+                    out = Path(args.runs) / algorithm / f"k{budget}" / strategy / f"seed{seed}"
+                    config = apply_overrides(load_preset(args.preset), {
+                        **overrides, "algorithm.name": algorithm, "seed": str(seed)})
+                    summary = run_loop(config, out, 0, budget, strategy, seed=seed,
+                                       callbacks=[LogProgress(100)], cold_start=True)
+                    top1.setdefault((algorithm, strategy, budget), []).append(summary[0]["top1"])
+                    seconds += summary[0]["seconds"]
+    lines = [
+        f"Command: `python benchmarks/label_next.py {' '.join(sys.argv[1:])}`",
+        "",
+        f"Machine: {platform.machine()}, Python {platform.python_version()}; preset {args.preset}; "
+        f"{len(args.seeds)} seeds ({' '.join(map(str, args.seeds))}); no seed labels, K first labels "
+        f"chosen from the pretrained features; overrides "
+        f"{' '.join(f'{k}={v}' for k, v in overrides.items()) or 'none'}; training time "
+        f"{seconds / 60:.0f} min summed (this invocation: {(time.time() - began) / 60:.0f} min of "
+        "wall time; finished runs are reused). Test top-1 %, mean ± std over the seeds; "
+        "`auto` = `typiclust` before any training.",
+        "",
+        "| algorithm | first labels by | " + " | ".join(f"K = {k}" for k in args.cold_start) + " |",
+        "|---|---|" + "---:|" * len(args.cold_start),
+    ]
+    for algorithm in args.algorithms:
+        for strategy in args.strategies:
+            cells = [summarise(top1[(algorithm, strategy, k)]) for k in args.cold_start]
+            lines.append(f"| {algorithm} | {strategy} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

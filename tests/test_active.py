@@ -1,6 +1,7 @@
 """Which images to label next: each strategy on hand-made pools, the label-next cycle
 (suggest -> extra labels -> warm start) and the simulated loop."""
 
+import copy
 import csv
 import json
 
@@ -58,10 +59,10 @@ def test_balanced_spends_more_on_the_class_with_fewer_pseudo_labels():
     difficulty = class_difficulty(pool)
     assert difficulty[1] > difficulty[0]
     chosen = pick("balanced", pool, 4)
-    predicted = pool.predicted[chosen]
+    predicted = pool.probs.argmax(axis=1)[chosen]
     assert (predicted == 1).sum() == 2  # both class-1 images (all there are)...
     assert (predicted == 0).sum() == 2  # ...and the leftover budget goes to class 0
-    by_class = np.bincount(predicted, minlength=2) / np.bincount(pool.predicted, minlength=2)
+    by_class = np.bincount(predicted, minlength=2) / np.bincount(pool.probs.argmax(axis=1), minlength=2)
     assert by_class[1] > by_class[0]  # a larger share of the hard class
 
 
@@ -108,7 +109,7 @@ def test_suggest_command_over_a_folder_and_the_own_pool(folder_run, tmp_path, ca
     assert main(["suggest", "--run", str(run), str(pool), "--budget", "3", "--out", str(out)]) == 0
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 3 and {r["predicted"] for r in rows} <= {"cat", "dog"}
-    assert all(r["strategy"] == "balanced" and r["path"].startswith(str(pool)) for r in rows)
+    assert all(r["strategy"] == "auto" and r["path"].startswith(str(pool)) for r in rows)
     assert "1 file(s) could not be read" in capsys.readouterr().err
     # without a pool: the run's own unlabeled images, never one already labeled
     own = tmp_path / "own.csv"
@@ -116,6 +117,11 @@ def test_suggest_command_over_a_folder_and_the_own_pool(folder_run, tmp_path, ca
                  "--out", str(own)]) == 0
     paths = [r["path"] for r in csv.DictReader(own.open())]
     assert len(paths) == 4 and all("/unlabeled/" in p or "/labeled/" in p for p in paths)
+    capsys.readouterr()
+    assert main(["suggest", "--run", str(run), "--preset", "smoke", "--budget", "2"]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert main(["suggest", "--run", str(run), "--budget", "2", "--data.max_test", "5"]) == 2
+    assert "overrides need --preset/--config" in capsys.readouterr().err
 
 
 def test_extra_labels_and_warm_start(folder_run, tmp_path):
@@ -184,3 +190,149 @@ def test_a_capped_pool_only_loses_the_newly_labeled_images(tmp_path):
     after = build_run(apply_overrides(load_preset("smoke"), {**base, "data.extra_labels": str(labels)})).data
     assert after.unlabeled_indices.tolist() == np.setdiff1d(before.unlabeled_indices, chosen).tolist()
     assert set(chosen) <= set(after.labeled_indices.tolist())
+
+
+# --- budget-aware selection: typicality, coverage, the default, the cold start -------------
+
+def blobs(sizes, spreads, dims=16, seed=0):
+    """Clusters of ``sizes[i]`` unit vectors around random centres (spread ``spreads[i]``),
+    each cluster's first row exactly its centre; returns (features, cluster of each row)."""
+    rng = np.random.default_rng(seed)
+    centres = np.linalg.qr(rng.normal(size=(dims, dims)))[0][: len(sizes)]  # orthonormal
+    rows, owner = [], []
+    for k, (size, spread) in enumerate(zip(sizes, spreads)):
+        points = centres[k] + spread * rng.normal(size=(size, dims))
+        points[0] = centres[k]
+        rows.append(points)
+        owner += [k] * size
+    features = np.concatenate(rows)
+    return features / np.linalg.norm(features, axis=1, keepdims=True), np.asarray(owner)
+
+
+def test_typiclust_picks_the_dense_cluster_centres():
+    """Three clusters of 60 (each centre planted as its first row) and a loose cloud of 10:
+    three labels go to the three large clusters, each to a point at the centre's heart."""
+    features, owner = blobs([60, 60, 60, 10], [0.08, 0.08, 0.08, 0.6])
+    pool = Pool(None, features.astype(np.float16), classes=3)
+    chosen = pick("typiclust", pool, 3)
+    assert sorted(owner[chosen].tolist()) == [0, 1, 2]  # not the sparse cloud, one per cluster
+    for i in chosen:
+        members = np.flatnonzero(owner == owner[i])
+        centre = features[members[0]]
+        similarity = features[members] @ centre
+        assert features[i] @ centre >= np.quantile(similarity, 0.9)  # among the most central
+    # a cluster that already holds a label is covered: the next pick goes elsewhere
+    labeled = Pool(None, features, labeled_features=features[[0, 60]], classes=3)
+    assert owner[pick("typiclust", labeled, 1)].tolist() == [2]
+
+
+def test_probcover_covers_every_cluster_before_repeating_one():
+    features, owner = blobs([30, 45, 60, 25, 40], [0.05] * 5, seed=1)
+    pool = Pool(None, features, classes=5)
+    chosen = pick("probcover", pool, 8, seed=3)
+    assert sorted(owner[chosen[:5]].tolist()) == [0, 1, 2, 3, 4]
+    # with two clusters labeled, the first three picks cover the other three
+    labeled = Pool(None, features, labeled_features=features[owner < 2][::10], classes=5)
+    assert sorted(owner[pick("probcover", labeled, 3)].tolist()) == [2, 3, 4]
+
+
+def test_chunked_kcenter_equals_the_dense_version():
+    from finessl.active.strategies import kcenter
+
+    rng = np.random.default_rng(4)
+    points = rng.normal(size=(57, 6))
+    points /= np.linalg.norm(points, axis=1, keepdims=True)
+    labeled = rng.normal(size=(9, 6))
+    # the dense version, from the definition: the full pool x labeled distance matrix
+    nearest = (1.0 - points @ (labeled / np.linalg.norm(labeled, axis=1, keepdims=True)).T).min(axis=1)
+    dense = []
+    for _ in range(12):
+        i = int(np.argmax(nearest))
+        dense.append(i)
+        nearest = np.minimum(nearest, 1.0 - points @ points[i])
+        nearest[i] = -np.inf
+    chunked = [p.index for p in kcenter(points, labeled, 12, np.random.default_rng(0), chunk=5)]
+    assert chunked == dense
+
+
+def test_the_default_takes_typicality_while_labels_are_few_then_uncertainty():
+    from finessl.active.strategies import TYPICAL_UP_TO, auto_choice
+
+    features = np.random.default_rng(0).normal(size=(100, 8))
+    flat = np.full((100, 4), 0.25)
+    few = Pool(flat, features, labeled_features=features[:8])  # (8 + 8) / 4 = 4 per class
+    assert auto_choice(few, 8)[0] == "typiclust"
+    edge = Pool(flat, features, labeled_features=np.zeros((4 * TYPICAL_UP_TO - 4, 8)))
+    assert auto_choice(edge, 4)[0] == "typiclust"  # exactly TYPICAL_UP_TO after the round
+    assert auto_choice(edge, 5)[0] == "balanced"  # one more label than that
+    assert auto_choice(Pool(None, features, classes=4), 8)[0] == "typiclust"  # no model yet
+    reasons = {p.reason for p in STRATEGIES.get("auto")(few, 8, np.random.default_rng(0))}
+    assert all(r.startswith("auto -> typiclust (4.0 labels per class)") for r in reasons)
+
+
+def test_feature_strategies_work_above_the_projection_threshold():
+    """25,000 float16 rows (PCA projection, mini-batch k-means, ProbCover's sample): each
+    strategy still returns distinct picks covering the clusters without a label (the three
+    labeled images lie in cluster 0)."""
+    features, owner = blobs([5000] * 5, [0.3] * 5, dims=160, seed=2)
+    pool = Pool(None, features.astype(np.float16), labeled_features=features[:3].astype(np.float16),
+                classes=5)
+    for strategy in ("typiclust", "probcover", "kcenter"):
+        chosen = pick(strategy, pool, 10)
+        assert len(set(chosen)) == 10 and max(chosen) < len(features)
+        if strategy != "kcenter":
+            assert {1, 2, 3, 4} <= set(owner[chosen].tolist()), strategy
+
+
+def test_cold_start_suggest_then_train_from_zero_labels(tmp_path, capsys):
+    out = tmp_path / "first.csv"
+    assert main(["suggest", "--preset", "smoke", "--data.max_unlabeled", "60", "--budget", "8",
+                 "--out", str(out)]) == 0
+    assert "fill in the label column" in capsys.readouterr().err
+    rows = list(csv.DictReader(out.open()))
+    assert list(rows[0]) == ["path", "label", "score", "reason", "strategy"]
+    names = [r["path"] for r in rows]
+    assert len(set(names)) == 8 and all(r["label"] == "" for r in rows)
+    assert all("typiclust" in r["reason"] for r in rows)
+    from finessl.data.datasets import load_source
+
+    config = apply_overrides(load_preset("smoke"), {"data.max_unlabeled": "60"})
+    source = load_source(config.data, 0)
+    truth = [source.classes[int(source.train_targets[int(n.split(":")[1])])] for n in names]
+    assert len(set(truth)) >= 3  # spread over the (4) classes, not piled into one
+    # the user fills in the labels: a complete start from zero labels
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,label\n" + "".join(f"{n},{t}\n" for n, t in zip(names, truth)))
+    from finessl.builder import build_run
+
+    data = build_run(apply_overrides(copy.deepcopy(config), {"data.labels_per_class": "0",
+                                                             "data.extra_labels": str(labels)})).data
+    assert sorted(data.labeled_indices.tolist()) == sorted(int(n.split(":")[1]) for n in names)
+    with pytest.raises(finessl.FinesslError, match="no labeled image"):
+        build_run(apply_overrides(config, {"data.labels_per_class": "0"}))
+    # uncertainty needs a model
+    assert main(["suggest", "--preset", "smoke", "--budget", "2", "--strategy", "margin"]) == 2
+    assert "needs a trained model" in capsys.readouterr().err
+
+
+def test_loop_cold_start_trains_round_zero_on_the_chosen_first_labels(tmp_path, caplog):
+    out = tmp_path / "loop"
+    assert main(["loop", "--preset", "smoke", "--cold-start", "--output", str(out), "--rounds", "1",
+                 "--budget", "3", "--train.steps", "2", "--train.steps_per_epoch", "2",
+                 "--train.tensorboard", "false"]) == 0
+    first = list(csv.reader((out / "labels0.csv").open()))[1:]
+    second = list(csv.reader((out / "labels1.csv").open()))[1:]
+    assert len(first) == 3 and len(second) == 6 and second[:3] == first
+    round0 = RunDir(out / "round0").read_config()
+    assert round0.data.labels_per_class == 0 and round0.data.extra_labels.endswith("labels0.csv")
+    assert "have no labeled image" in caplog.text  # 3 labels over 4 classes: one is missing
+    assert RunDir(out / "round1").read_config().model.init_from.endswith("round0")
+
+
+def test_overrides_are_never_read_as_pool_paths():
+    from finessl.cli import split_dotted
+
+    rest, dotted = split_dotted(["suggest", "--preset", "demo", "--data.root", "data", "photos/",
+                                 "--budget", "4", "--train.seed=3", "more/"])
+    assert rest == ["suggest", "--preset", "demo", "photos/", "--budget", "4", "more/"]
+    assert dotted == ["--data.root", "data", "--train.seed=3"]

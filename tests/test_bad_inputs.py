@@ -78,7 +78,8 @@ CONFIG_CASES = [
     (["--model.quick_gelu", "maybe"], "model.quick_gelu"),
     (["--train.accumulate", "3"], "multiple of"),
     (["--algorithm.pace", "slow"], "reference, smoothed, auto"),
-    (["--data.labels_per_class", "0"], "data.labels_per_class"),
+    (["--data.labels_per_class", "-1"], "data.labels_per_class"),
+    (["--data.labels_per_class", "0"], "no labeled image"),  # 0 needs data.extra_labels
     (["--model.pretrained", "/nonexistent/weights.pt"], "does not exist"),
     (["--train.betas", "a,b"], "train.betas"),
     (["--data.classes", "0"], "at least two"),

@@ -36,6 +36,23 @@ def parse_overrides(tokens: list[str]) -> dict[str, str]:
     return overrides
 
 
+def split_dotted(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(the rest, the ``--section.key [VALUE]`` overrides) of a command line: taken out before
+    argparse, so that a value is never read as one of a command's positional paths."""
+    rest, dotted, i = [], [], 0
+    while i < len(argv):
+        token = argv[i]
+        name = token[2:].split("=", 1)[0]
+        if token.startswith("--") and "." in name and not name.startswith("."):
+            takes = "=" not in token and i + 1 < len(argv)
+            dotted += argv[i:i + 1 + takes]
+            i += 1 + takes
+        else:
+            rest.append(token)
+            i += 1
+    return rest, dotted
+
+
 def _resolve_config(args, overrides: dict[str, str], default=None):
     """The configuration of a command: preset / config file / resumed run, then overrides;
     validated and its names checked the same way for every command."""
@@ -305,22 +322,42 @@ def cmd_label(args, overrides) -> int:
 def cmd_suggest(args, overrides) -> int:
     from tqdm import tqdm
 
+    from finessl.active.cold_start import cold_start
     from finessl.active.suggest import suggest, write_suggestions
+    from finessl.errors import ConfigError
 
+    if args.run and (args.preset or args.config):
+        raise ConfigError("give --run (labels next, scored by a trained run) or --preset/--config "
+                          "(the first labels, before any training), not both")
+    if args.run and overrides:
+        raise ConfigError("--run suggests with the run's own configuration; overrides need "
+                          "--preset/--config (a cold start)")
+    args.resume = None
+    config = None if args.run else _resolve_config(args, overrides)
     check_writable(args.out, inputs=args.paths)
     bar = tqdm(unit="img", disable=not sys.stderr.isatty(), desc="scoring the pool")
+    pool = args.paths or None
     try:
-        report = suggest(args.run, args.budget, pool=args.paths or None, strategy=args.strategy,
-                         seed=args.seed, batch_size=args.batch_size, workers=args.workers,
-                         device=args.device, progress=bar.update)
+        if config is None:
+            report = suggest(args.run, args.budget, pool=pool, strategy=args.strategy, seed=args.seed,
+                             batch_size=args.batch_size, workers=args.workers, device=args.device,
+                             progress=bar.update)
+        else:
+            report = cold_start(config, args.budget, pool=pool, strategy=args.strategy,
+                                seed=args.seed, batch_size=args.batch_size, workers=args.workers,
+                                device=args.device, progress=bar.update)
     finally:
         bar.close()
     with _open_out(args.out) as handle:
         write_suggestions(report, handle)
-    if args.out:
+    if args.out and config is None:
         print(f"{len(report.suggestions)} images to label ({args.strategy}) written to {args.out}; "
               "add a label column (path,label) and train with --data.extra_labels FILE "
               f"--init-from {args.run}", file=sys.stderr)
+    elif args.out:
+        print(f"{len(report.suggestions)} images to label first ({args.strategy}) written to "
+              f"{args.out}; fill in the label column and train with --data.labels_per_class 0 "
+              "--data.extra_labels FILE", file=sys.stderr)
     _report_failures(report)
     return 0
 
@@ -360,7 +397,8 @@ def cmd_loop(args, overrides) -> int:
     args.resume = None
     config = _resolve_config(args, overrides)
     summary = run_loop(config, args.output, args.rounds, args.budget, args.strategy, args.seed,
-                       cold=args.cold, callbacks=[_progress(config.train.log_every)])
+                       cold=args.cold, callbacks=[_progress(config.train.log_every)],
+                       cold_start=args.cold_start)
     print(f"{'round':>5}  {'extra labels':>12}  {'top1 %':>7}  {'balanced %':>10}")
     for row in summary:
         print(f"{row['round']:>5}  {row['extra_labels']:>12}  {row['top1']:>7.2f}  "
@@ -550,16 +588,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     from finessl.active.strategies import STRATEGIES
 
-    strategies = ["balanced", *[n for n in STRATEGIES.names() if n != "balanced"]]
-    suggest = sub.add_parser("suggest", help="which images to label next",
-                             description="Scores a pool with a trained run and writes the --budget "
-                                         "images worth labeling next (path, predicted class, "
-                                         "score, reason). Pool: images, folders or CSV lists; "
-                                         "default: the run's own unlabeled pool.")
-    suggest.add_argument("--run", required=True, help="a finished run")
+    strategies = ["auto", *[n for n in STRATEGIES.names() if n != "auto"]]
+    suggest = sub.add_parser("suggest", help="which images to label next (or first)",
+                             description="With --run: scores a pool with a trained run and writes "
+                                         "the --budget images worth labeling next (path, predicted "
+                                         "class, score, reason). With --preset/--config instead "
+                                         "(a cold start, no labels needed): the --budget images to "
+                                         "label first, typical and spread over the pool in the "
+                                         "pretrained backbone's features. Pool: images, folders or "
+                                         "CSV lists; default: the run's / configuration's own "
+                                         "unlabeled pool. The default strategy auto takes typiclust "
+                                         "while labels are few, margin once they are not (README: "
+                                         "Label next).")
+    _config_args(suggest)
+    suggest.add_argument("--run", help="a finished run (without it: a cold start from --preset/--config)")
     suggest.add_argument("paths", nargs="*", help="the pool (default: the run's unlabeled pool)")
     suggest.add_argument("--budget", type=positive_int, required=True, help="how many images")
-    suggest.add_argument("--strategy", choices=strategies, default="balanced")
+    suggest.add_argument("--strategy", choices=strategies, default="auto")
     suggest.add_argument("--seed", type=non_negative_int, default=0)
     _image_pool_args(suggest)
     suggest.set_defaults(func=cmd_suggest)
@@ -589,11 +634,15 @@ def build_parser() -> argparse.ArgumentParser:
                                       "(warm-started unless --cold) with the same steps.")
     _config_args(loop)
     loop.add_argument("--output", required=True, help="folder for the rounds")
-    loop.add_argument("--rounds", type=positive_int, default=2)
-    loop.add_argument("--budget", type=positive_int, default=40)
-    loop.add_argument("--strategy", choices=strategies, default="balanced")
+    loop.add_argument("--rounds", type=non_negative_int, default=2,
+                      help="rounds after round 0 (0: round 0 only, e.g. to measure a cold start)")
+    loop.add_argument("--budget", type=positive_int, default=40, help="labels added per round")
+    loop.add_argument("--strategy", choices=strategies, default="auto")
     loop.add_argument("--seed", type=non_negative_int, default=0, help="suggestion seed")
     loop.add_argument("--cold", action="store_true", help="train each round from scratch")
+    loop.add_argument("--cold-start", action="store_true",
+                      help="no seed labels: round 0 trains on --budget images the strategy picks "
+                           "from the pretrained features")
     loop.set_defaults(func=cmd_loop)
 
     report = sub.add_parser("report", help="an HTML report of a run, or of several side by side",
@@ -656,7 +705,9 @@ def main(argv: list[str] | None = None) -> int:
     interrupted outside training; 1 an unexpected internal error (one line;
     FINESSL_DEBUG=1 shows the traceback)."""
     parser = build_parser()
+    argv, dotted = split_dotted(list(sys.argv[1:] if argv is None else argv))
     args, rest = parser.parse_known_args(argv)
+    rest += dotted
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
@@ -664,7 +715,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if rest and args.command not in ("train", "demo", "zeroshot", "bench", "distill", "config",
-                                         "loop", "audit"):
+                                         "loop", "audit", "suggest"):
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         overrides = parse_overrides(rest) if rest else {}
         return args.func(args, overrides)

@@ -79,8 +79,9 @@ class DataConfig:
     root: str = opt("data", "where the dataset's files are (or are downloaded to)")
     classes: list[str] | None = opt(None, "keep only these classes (names or indices), e.g. "
                                           "[T-shirt/top, Shirt]")
-    labels_per_class: int | None = opt(4, "labeled images per class (None = every labeled image)",
-                                       ge=1)
+    labels_per_class: int | None = opt(4, "labeled images per class (None = every labeled image; "
+                                          "0 = none: every label from data.extra_labels, the cold "
+                                          "start of finessl suggest)", ge=0)
     extra_labels: str | None = opt(None, "CSV of labels added later (path or DATASET:INDEX, label), "
                                          "e.g. from finessl suggest")
     extra_labels_in_unlabeled: bool = opt(False, "keep the extra-labeled images in the unlabeled pool")

@@ -1,10 +1,12 @@
 """``finessl loop``: labeling rounds simulated on a dataset whose true labels are known.
 
-Round 0 trains on the configured labels. Each next round asks ``suggest`` for ``budget``
-images of the run's unlabeled pool, reveals their true labels (what a human labeler would
-do), adds them to ``labels{r}.csv`` (``data.extra_labels``) and trains again with the same
-budget of steps — warm-started from the previous round (``model.init_from``) unless
-``cold``. The way to measure suggestion strategies against each other.
+Round 0 trains on the configured labels — or, with ``cold_start``, on ``budget`` images
+the strategy picks from the pretrained features before any training (``labels0.csv``, no
+seed labels at all). Each next round asks ``suggest`` for ``budget`` images of the run's
+unlabeled pool, reveals their true labels (what a human labeler would do), adds them to
+``labels{r}.csv`` (``data.extra_labels``) and trains again with the same budget of steps —
+warm-started from the previous round (``model.init_from``) unless ``cold``. The way to
+measure suggestion strategies against each other.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from finessl.active.suggest import suggest
+from finessl.active.cold_start import cold_start as first_labels
+from finessl.active.suggest import SuggestionReport, suggest
 from finessl.config import Config, apply_overrides
 from finessl.engine.callbacks import Callback
 from finessl.errors import FinesslError
@@ -81,8 +84,25 @@ def check_same_loop(output: Path, plan: dict) -> None:
 PLAN = "loop-plan.json"
 
 
-def run_loop(config: Config, output: str | Path, rounds: int, budget: int, strategy: str = "balanced",
-             seed: int = 0, cold: bool = False, callbacks: Sequence[Callback] | None = None) -> list[dict]:
+def reveal_into(config: Config, labels_file: Path, report: SuggestionReport,
+                rows: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``rows`` plus the suggested images with their true labels, written to ``labels_file``
+    (a resumed loop reads it back instead of suggesting again)."""
+    truth = reveal(config, [s.pool_index for s in report.suggestions])
+    rows = rows + list(zip([s.id for s in report.suggestions], truth))
+    with labels_file.open("w", newline="") as handle:
+        csv.writer(handle).writerows([("path", "label"), *rows])
+    return rows
+
+
+def read_revealed(labels_file: Path) -> list[tuple[str, str]]:
+    with labels_file.open(newline="") as handle:
+        return [tuple(r) for r in csv.reader(handle)][1:]
+
+
+def run_loop(config: Config, output: str | Path, rounds: int, budget: int, strategy: str = "auto",
+             seed: int = 0, cold: bool = False, callbacks: Sequence[Callback] | None = None,
+             cold_start: bool = False) -> list[dict]:
     """Trains ``rounds + 1`` runs in ``output/round{r}``; returns one summary per round."""
     output = Path(output)
     if config.data.extra_labels:
@@ -91,6 +111,8 @@ def run_loop(config: Config, output: str | Path, rounds: int, budget: int, strat
         raise FinesslError(f"--output {output} exists and is not a folder")
     plan = {"rounds": rounds, "budget": budget, "strategy": strategy, "seed": seed, "cold": cold,
             "config": config.to_dict()}
+    if cold_start:  # a key only when set: loops written before it stay the same loop
+        plan["cold_start"] = True
     check_same_loop(output, plan)
     check_can_reveal(config)
     output.mkdir(parents=True, exist_ok=True)
@@ -99,21 +121,18 @@ def run_loop(config: Config, output: str | Path, rounds: int, budget: int, strat
     rows: list[tuple[str, str]] = []
     for round_ in range(rounds + 1):
         run_dir = output / f"round{round_}"
-        overrides: dict[str, str] = {}
-        if round_ > 0:
+        overrides: dict[str, str] = {"data.labels_per_class": "0"} if cold_start else {}
+        labels_file = output / f"labels{round_}.csv"  # everything revealed so far
+        if round_ > 0 or cold_start:
             previous = output / f"round{round_ - 1}"
-            labels_file = output / f"labels{round_}.csv"  # everything revealed so far
             if labels_file.is_file():  # a resumed loop reuses what it revealed
-                with labels_file.open(newline="") as handle:
-                    rows = [tuple(r) for r in csv.reader(handle)][1:]
+                rows = read_revealed(labels_file)
             else:
-                report = suggest(previous, budget, strategy=strategy, seed=seed + round_)
-                truth = reveal(config, [s.pool_index for s in report.suggestions])
-                rows = rows + list(zip([s.id for s in report.suggestions], truth))
-                with labels_file.open("w", newline="") as handle:
-                    csv.writer(handle).writerows([("path", "label"), *rows])
+                report = suggest(previous, budget, strategy=strategy, seed=seed + round_) if round_ \
+                    else first_labels(config, budget, strategy=strategy, seed=seed)
+                rows = reveal_into(config, labels_file, report, rows)
             overrides["data.extra_labels"] = str(labels_file.resolve())
-            if not cold:
+            if round_ > 0 and not cold:
                 overrides["model.init_from"] = str(previous.resolve())
         round_config = apply_overrides(copy.deepcopy(config), overrides)
         run = RunDir(run_dir)

@@ -42,6 +42,7 @@ class SuggestionReport:
     suggestions: list[Suggestion] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
     strategy: str = ""
+    cold_start: bool = False  # chosen before any model: no predicted class, a label to fill in
 
 
 class _PoolImages(Dataset):
@@ -70,7 +71,7 @@ def forward_pool(predictor: Predictor, dataset: Dataset, batch_size: int, worker
         if ok:
             features = model.features(images[ok].to(predictor.device)).float()
             probs.append(model.head(features).softmax(-1).cpu())
-            feats.append(features.cpu())
+            feats.append(features.cpu().to(torch.float16))  # compact: the strategies chunk
             keys += [batch_keys[i] for i in ok]
         if progress is not None:
             progress(len(errors))
@@ -93,7 +94,7 @@ def latest_margins(run: RunDir, num_classes: int) -> np.ndarray | None:
 
 
 def suggest(run_dir: str | Path, budget: int, pool: Sequence[str | Path] | None = None,
-            strategy: str = "balanced", seed: int = 0, batch_size: int = 64, workers: int = 0,
+            strategy: str = "auto", seed: int = 0, batch_size: int = 64, workers: int = 0,
             device: str = "auto", progress: Callable[[int], None] | None = None) -> SuggestionReport:
     """The ``budget`` images of ``pool`` (default: the run's own unlabeled pool) that should
     be labeled next, best first."""
@@ -135,7 +136,10 @@ def suggest(run_dir: str | Path, budget: int, pool: Sequence[str | Path] | None 
 
 
 def write_suggestions(report: SuggestionReport, handle) -> None:
+    """``path, predicted, score, reason, strategy`` rows; the second column is what
+    ``data.extra_labels`` reads as the label (correct it), empty in a cold start (fill it in)."""
     writer = csv.writer(handle)
-    writer.writerow(["path", "predicted", "score", "reason", "strategy"])
+    writer.writerow(["path", "label" if report.cold_start else "predicted", "score", "reason",
+                     "strategy"])
     for s in report.suggestions:
         writer.writerow([s.id, s.predicted, f"{s.score:.6f}", s.reason, report.strategy])

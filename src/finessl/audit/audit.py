@@ -77,7 +77,7 @@ def audit(config: Config, run_dir: str | None = None, settings: AuditSettings | 
     every check."""
     settings = settings or AuditSettings()
     OOD_SCORES.get(settings.score)
-    encode, image_size, mean, std, device, model = _encoder(config, run_dir, settings.device)
+    encode, image_size, mean, std, device, model = encoder(config, run_dir, settings.device)
     data = build_ssl_data(config.data, image_size, mean, std, config.seed, strong_views=0,
                           check_files=False, check_leaks=False)
     transform = build_transforms(image_size, mean, std).test
@@ -155,7 +155,7 @@ def _test_id(dataset_name: str, source, index: int) -> str:
     return os.path.abspath(paths[index]) if paths is not None else f"{dataset_name}:test:{index}"
 
 
-def _encoder(config: Config, run_dir: str | None, device_name: str):
+def encoder(config: Config, run_dir: str | None, device_name: str):
     """(images -> features, image size, mean, std, device, description) of the audit's model."""
     device = resolve_device(device_name)
     if run_dir is not None:

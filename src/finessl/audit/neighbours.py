@@ -6,6 +6,8 @@ Rows are L2-normalised features (float16 or float32); the products run in float3
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
@@ -22,20 +24,39 @@ def normalise(features: np.ndarray) -> np.ndarray:
 REDUCE_ABOVE, REDUCED_DIMS = 20_000, 128
 
 
+def fit_space(features: np.ndarray, dims: int = REDUCED_DIMS, above: int = REDUCE_ABOVE,
+              seed: int = 0, block: int = 65536) -> Callable[[np.ndarray], np.ndarray]:
+    """The map into the search space of ``features``: for at most ``above`` rows (or few
+    dimensions) unit rows as they are, else the projection on the top ``dims`` principal
+    directions fitted on a sample, re-normalised. Rows are converted one block at a time, so
+    float16 features never exist in float32 all at once beyond the (smaller) result."""
+    if len(features) <= above or features.shape[1] <= dims:
+        return normalise
+    rng = np.random.default_rng(seed)
+    picked = rng.choice(len(features), size=above, replace=False)
+    sample = torch.from_numpy(np.asarray(features[picked], np.float32))
+    mean = sample.mean(dim=0, keepdim=True)
+    with torch.random.fork_rng():  # the randomized PCA: seeded, the caller's stream untouched
+        torch.manual_seed(seed)
+        _, _, basis = torch.pca_lowrank(sample - mean, q=dims, center=False)
+
+    def project(rows: np.ndarray) -> np.ndarray:
+        out = np.empty((len(rows), dims), np.float32)  # filled block by block: one copy in all
+        for i in range(0, len(rows), block):
+            out[i:i + block] = normalise(
+                ((torch.from_numpy(np.asarray(rows[i:i + block], np.float32)) - mean) @ basis).numpy())
+        return out
+
+    return project
+
+
 def search_space(features: np.ndarray, dims: int = REDUCED_DIMS, above: int = REDUCE_ABOVE,
                  seed: int = 0) -> np.ndarray:
     """``features`` as they are, or for many rows of many dimensions their projection on the
     top ``dims`` principal directions (fitted on a sample), re-normalised."""
-    features = np.asarray(features, np.float32)
     if len(features) <= above or features.shape[1] <= dims:
-        return features
-    rng = np.random.default_rng(seed)
-    sample = torch.from_numpy(features[rng.choice(len(features), size=above, replace=False)])
-    mean = sample.mean(dim=0, keepdim=True)
-    _, _, basis = torch.pca_lowrank(sample - mean, q=dims, center=False)
-    projected = [((torch.from_numpy(features[i:i + 65536]) - mean) @ basis).numpy()
-                 for i in range(0, len(features), 65536)]
-    return normalise(np.concatenate(projected))
+        return np.asarray(features, np.float32)
+    return fit_space(features, dims, above, seed)(features)
 
 
 def top_k(queries: np.ndarray, refs: np.ndarray, k: int = 1, chunk: int = 1024,

@@ -32,6 +32,7 @@ def split_labeled_unlabeled(
     ``mode="first"`` takes the first N of each class (the reference code's split);
     ``"random"`` draws them with ``seed``. With long-tailed ratios, class k gets
     ``N * ratio^(-k/(C-1))`` labels and the unlabeled pool is cut the same way.
+    ``labels_per_class=0`` labels nothing: every image is unlabeled.
     """
     if mode not in ("random", "first"):
         raise DataError(f"data.split must be 'random' or 'first', got {mode!r}")
@@ -45,7 +46,7 @@ def split_labeled_unlabeled(
 
     labeled, rest = [], []
     for k, idx in enumerate(per_class):
-        if n_labels[k] < 1:
+        if n_labels[k] < 1 and labels_per_class != 0:  # 0: no labels asked for (cold start)
             raise DataError(f"class {k} gets no labeled image; lower the imbalance ratio")
         if len(idx) < n_labels[k]:
             raise DataError(f"class {k} has {len(idx)} labeled images, {n_labels[k]} requested")
@@ -57,6 +58,6 @@ def split_labeled_unlabeled(
         rest = [r[:n] for r, n in zip(rest, sizes)]
     pool = rest + ([labeled_k for labeled_k in labeled] if unlabeled_includes_labeled else [])
     pool.append(np.flatnonzero(targets < 0))
-    labeled_idx = np.sort(np.concatenate(labeled))
+    labeled_idx = np.sort(np.concatenate(labeled)) if labeled else np.zeros(0, np.int64)
     unlabeled_idx = np.sort(np.concatenate(pool)).astype(np.int64)
     return labeled_idx.astype(np.int64), unlabeled_idx

@@ -125,6 +125,26 @@ def cap_indices(indices: np.ndarray, limit: int | None, seed: int) -> np.ndarray
     return np.sort(np.random.default_rng(seed).choice(indices, size=limit, replace=False))
 
 
+def check_some_labels(labeled: np.ndarray, overrides: dict[int, int], source: SourceData,
+                      num_classes: int) -> None:
+    """Training needs labeled images; a class without any is learnt only from the others'
+    margins, so it is worth a warning (the cold start with a small budget can leave one)."""
+    if len(labeled) == 0:
+        raise DataError("no labeled image: data.labels_per_class is 0 and data.extra_labels adds "
+                        "none. `finessl suggest --preset NAME --budget K --out first.csv` (or "
+                        "--config FILE) lists the images to label first; fill in its label column "
+                        "and give it as data.extra_labels")
+    labels = source.train_targets[labeled].copy()
+    if overrides:
+        where = {int(i): p for p, i in enumerate(labeled)}
+        for index, label in overrides.items():
+            labels[where[index]] = label
+    missing = [source.classes[k] for k in range(num_classes) if not (labels == k).any()]
+    if missing:
+        log.warning("%d class(es) have no labeled image (%s); the model will hardly predict them. "
+                    "Label a few (finessl suggest)", len(missing), ", ".join(missing[:10]))
+
+
 def build_ssl_data(
     config: DataConfig,
     image_size: int,
@@ -136,10 +156,13 @@ def build_ssl_data(
     transforms: Transforms | None = None,
     check_files: bool = True,
     check_leaks: bool = True,
+    need_labels: bool = True,
 ) -> SSLData:
     """Loads the source, splits it and wraps it in augmenting views; with ``check_files``,
     every labeled and test image file is opened once first; ``check_leaks`` refuses test
-    files among the training images (the audit reports them instead)."""
+    files among the training images (the audit reports them instead). ``need_labels``
+    refuses a labeled set without any image (what training needs; choosing the first
+    labels does not)."""
     source = source if source is not None else load_source(config, seed)
     extra = apply_extra_labels(Path(config.extra_labels), source, config.name) \
         if config.extra_labels else None
@@ -185,6 +208,8 @@ def build_ssl_data(
             unlabeled = np.setdiff1d(unlabeled, extra.indices)
     if len(unlabeled) == 0:
         raise DataError("the unlabeled set is empty; add unlabeled images or keep the labeled ones in it")
+    if need_labels:
+        check_some_labels(labeled, overrides, source, num_classes)
     test_indices = cap_indices(np.arange(len(source.test)), config.max_test, seed + 1)
     if len(test_indices) == 0 and source.test_given:
         raise DataError("the test set is empty; give test images (a test folder or data.test_csv)")

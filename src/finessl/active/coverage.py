@@ -1,0 +1,208 @@
+"""Typical and diverse picks for small budgets: TypiClust and ProbCover in feature space.
+
+With a few labels per class a model's uncertainty is mostly noise; what the first labels
+need is images that are *typical* of a dense region of the data and that *cover* different
+regions (Hacohen, Dekel & Weinshall, ICML 2022; Yehuda et al., NeurIPS 2022). Both
+strategies read only features — the pretrained backbone's or a run's — so they also choose
+the very first labels, before any model is trained (``finessl suggest`` without ``--run``).
+
+* ``typiclust``  k-means into (labeled + budget) clusters; repeatedly the largest cluster
+                 with the fewest labels gives its most typical image (highest inverse mean
+                 distance to its 20 nearest neighbours in the cluster);
+* ``probcover``  a ball of radius delta around every image, delta the largest radius at
+                 which 95 % of the balls stay inside one k-means cluster (C clusters); greedy
+                 maximum coverage: repeatedly the image whose ball holds the most images not
+                 yet covered by a labeled or picked image.
+
+Memory stays bounded for a million-image pool: features are kept as given (float16 or
+float32), projected to 128 dimensions above 2,000 rows (``fit_space``), and every
+distance computation is chunked — never an N x N or N x labeled matrix. Typicality is
+measured against at most ``TYPICALITY_REFS`` members of a cluster, and ProbCover's graph is
+built on a seeded sample of at most ``COVER_SAMPLE`` images (each ball capped at its
+``BALL_CAP`` nearest), which is what makes it linear in the pool.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy import sparse
+from sklearn.cluster import KMeans, MiniBatchKMeans
+
+from finessl.active.strategies import STRATEGIES, Pick, Pool
+from finessl.audit.neighbours import fit_space, top_k
+
+NEIGHBOURS = 20  # TypiClust's k for typicality
+MIN_CLUSTER = 5  # TypiClust skips clusters smaller than this
+MAX_CLUSTERS = 500  # and caps their number (the authors' settings)
+TYPICALITY_REFS = 4000  # members a typicality is measured against (a seeded sample above)
+TYPICALITY_QUERIES = 20000  # members scored per cluster (a seeded sample above)
+PURITY = 0.95  # ProbCover's ball purity
+COVER_SAMPLE = 20000  # images ProbCover's graph is built on
+BALL_CAP = 1000  # nearest images a ball may hold
+CHUNK = 2048
+
+
+PROJECT_ABOVE = 2000  # pools of more rows are clustered in 128 principal directions
+
+
+def spaces(pool: Pool, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(pool, labeled) features as unit float32 rows of one search space: for pools above
+    ``PROJECT_ABOVE`` rows the top 128 principal directions (k-means and the ball graph cost
+    10x less on 1,280-d features; the clusters barely move)."""
+    project = fit_space(pool.features, above=PROJECT_ABOVE, seed=seed)
+    labeled = pool.labeled_features
+    return project(pool.features), project(labeled if labeled is not None else
+                                           np.zeros((0, pool.features.shape[1]), np.float32))
+
+
+def kmeans(points: np.ndarray, clusters: int, seed: int) -> tuple[np.ndarray, KMeans | MiniBatchKMeans]:
+    """Cluster labels of ``points`` and the fitted model (mini-batch above 20,000 rows)."""
+    clusters = max(1, min(clusters, len(points)))
+    if len(points) > 20000:
+        model = MiniBatchKMeans(clusters, random_state=seed, n_init=3, batch_size=4096)
+    else:  # k-means++ seeding, one run (scikit-learn's own default for it)
+        model = KMeans(clusters, random_state=seed, n_init=1)
+    return model.fit_predict(points).astype(np.int64), model
+
+
+def distances_to_neighbours(queries: np.ndarray, refs: np.ndarray, k: int,
+                            same: np.ndarray | None = None) -> np.ndarray:
+    """Mean Euclidean distance of each query (unit rows) to its ``k`` nearest refs;
+    ``same[q]`` is the ref index that is query ``q`` itself (-1: none), never a neighbour."""
+    ref = torch.from_numpy(np.ascontiguousarray(refs, np.float32))
+    means = []
+    for start in range(0, len(queries), CHUNK):
+        block = torch.from_numpy(np.ascontiguousarray(queries[start:start + CHUNK], np.float32))
+        sims = block @ ref.T
+        if same is not None:
+            rows = torch.arange(len(block))
+            own = torch.from_numpy(same[start:start + CHUNK])
+            sims[rows[own >= 0], own[own >= 0]] = -np.inf
+        available = len(refs) - (1 if same is not None and (same >= 0).any() else 0)
+        top = sims.topk(max(1, min(k, available)), dim=1).values
+        means.append(torch.sqrt(torch.clamp(2 - 2 * top, min=0)).mean(dim=1).numpy())
+    return np.concatenate(means)
+
+
+def typicality(points: np.ndarray, members: np.ndarray, rng: np.random.Generator,
+               k: int = NEIGHBOURS) -> tuple[np.ndarray, np.ndarray]:
+    """(scored members, their typicality) for one cluster: 1 / mean distance to the ``k``
+    nearest other members (of a seeded sample of at most ``TYPICALITY_REFS``)."""
+    queries = members if len(members) <= TYPICALITY_QUERIES else \
+        np.sort(rng.choice(members, TYPICALITY_QUERIES, replace=False))
+    refs = members if len(members) <= TYPICALITY_REFS else \
+        np.sort(rng.choice(members, TYPICALITY_REFS, replace=False))
+    where = {int(r): i for i, r in enumerate(refs)}
+    same = np.asarray([where.get(int(q), -1) for q in queries], dtype=np.int64)
+    if len(refs) < 2:
+        return queries, np.ones(len(queries))
+    spread = distances_to_neighbours(points[queries], points[refs], k, same)
+    return queries, 1.0 / np.maximum(spread, 1e-8)
+
+
+@STRATEGIES.register("typiclust")
+def typiclust_strategy(pool: Pool, budget: int, rng: np.random.Generator) -> list[Pick]:
+    seed = int(rng.integers(2**31))
+    points, labeled = spaces(pool, seed)
+    budget = min(budget, len(points))
+    clusters, model = kmeans(points, min(len(labeled) + budget, MAX_CLUSTERS), seed)
+    count = int(clusters.max()) + 1
+    sizes = np.bincount(clusters, minlength=count)
+    covered = np.bincount(model.predict(labeled), minlength=count) if len(labeled) else np.zeros(count, int)
+    taken = np.zeros(len(points), dtype=bool)
+    scored: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    picks: list[Pick] = []
+    while len(picks) < budget:
+        open_ = np.flatnonzero(np.bincount(clusters[~taken], minlength=count) > 0)
+        big = open_[sizes[open_] >= MIN_CLUSTER]
+        candidates = big if len(big) else open_  # tiny clusters only when nothing else is left
+        fewest = candidates[covered[candidates] == covered[candidates].min()]
+        cluster = int(fewest[np.argmax(sizes[fewest])])
+        if cluster not in scored:
+            scored[cluster] = typicality(points, np.flatnonzero(clusters == cluster), rng)
+        members, scores = scored[cluster]
+        free = ~taken[members]
+        if not free.any():  # every scored member taken: score the rest of the cluster
+            rest = np.flatnonzero((clusters == cluster) & ~taken)
+            scored[cluster] = members, scores = typicality(points, rest, rng)
+            free = np.ones(len(members), dtype=bool)
+        best = int(np.flatnonzero(free)[np.argmax(scores[free])])
+        index = int(members[best])
+        taken[index] = True
+        covered[cluster] += 1
+        picks.append(Pick(index, float(scores[best]),
+                          f"most typical of cluster {cluster} ({sizes[cluster]} images, "
+                          f"{covered[cluster] - 1} labeled before)"))
+    return picks
+
+
+def nearest_other_cluster(points: np.ndarray, clusters: np.ndarray) -> np.ndarray:
+    """Euclidean distance of each point to the nearest point of another cluster (chunked)."""
+    ref = torch.from_numpy(np.ascontiguousarray(points, np.float32))
+    labels = torch.from_numpy(clusters)
+    out = []
+    for start in range(0, len(points), CHUNK):
+        sims = ref[start:start + CHUNK] @ ref.T
+        sims[labels[start:start + CHUNK, None] == labels[None, :]] = -np.inf
+        out.append(torch.sqrt(torch.clamp(2 - 2 * sims.max(dim=1).values, min=0)).numpy())
+    return np.concatenate(out)
+
+
+def ball_radius(points: np.ndarray, classes: int, seed: int, purity: float = PURITY) -> float:
+    """ProbCover's delta: the largest radius at which a ``purity`` share of the balls hold
+    only points of their own k-means cluster (``classes`` clusters). A ball of radius d
+    around x is pure exactly when x's nearest point of another cluster is farther than d,
+    so delta is the (1 - purity) quantile of those distances."""
+    clusters, _ = kmeans(points, classes, seed)
+    if clusters.max() == 0:
+        return 2.0  # one cluster: every ball is pure
+    return float(np.quantile(nearest_other_cluster(points, clusters), 1.0 - purity))
+
+
+def balls(points: np.ndarray, radius: float) -> sparse.csr_matrix:
+    """Row j: the points within ``radius`` of point j (itself included, at most ``BALL_CAP``)."""
+    similarity = 1.0 - radius * radius / 2.0  # |a - b|^2 = 2 - 2 a.b on unit rows
+    sims, idx = top_k(points, points, min(BALL_CAP, len(points)), CHUNK)
+    inside = sims >= similarity
+    rows = np.repeat(np.arange(len(points)), inside.sum(axis=1))
+    ones = np.ones(len(rows), dtype=np.float32)
+    return sparse.csr_matrix((ones, (rows, idx[inside])), shape=(len(points), len(points)))
+
+
+def covered_by(points: np.ndarray, centres: np.ndarray, radius: float) -> np.ndarray:
+    """Which points lie within ``radius`` of any of ``centres`` (chunked)."""
+    if len(centres) == 0:
+        return np.zeros(len(points), dtype=bool)
+    sims, _ = top_k(points, centres, 1, CHUNK)
+    return sims[:, 0] >= 1.0 - radius * radius / 2.0
+
+
+@STRATEGIES.register("probcover")
+def probcover_strategy(pool: Pool, budget: int, rng: np.random.Generator) -> list[Pick]:
+    seed = int(rng.integers(2**31))
+    points, labeled = spaces(pool, seed)
+    sample = np.arange(len(points)) if len(points) <= COVER_SAMPLE else \
+        np.sort(rng.choice(len(points), COVER_SAMPLE, replace=False))
+    space = points[sample]
+    radius = ball_radius(space, pool.num_classes, seed)
+    graph = balls(space, radius)
+    by_member = graph.tocsc()
+    uncovered = ~covered_by(space, labeled, radius)
+    gain = np.asarray(graph @ uncovered.astype(np.float32)).ravel()
+    picks: list[Pick] = []
+    taken = np.zeros(len(space), dtype=bool)
+    for _ in range(min(budget, len(space))):
+        order = rng.permutation(len(space))  # ties broken by a seeded shuffle
+        candidates = order[~taken[order]]
+        best = int(candidates[np.argmax(gain[candidates])])
+        newly = graph.indices[graph.indptr[best]:graph.indptr[best + 1]]
+        newly = newly[uncovered[newly]]
+        reason = (f"covers {len(newly)} more images (radius {radius:.3f})" if len(newly)
+                  else "everything covered: random")
+        picks.append(Pick(int(sample[best]), float(gain[best]), reason))
+        taken[best] = True
+        if len(newly):
+            uncovered[newly] = False
+            gain -= np.asarray(by_member[:, newly].sum(axis=1)).ravel()
+    return picks
