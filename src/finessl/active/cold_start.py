@@ -71,7 +71,8 @@ def cold_start(config: Config, budget: int, pool: Sequence[str | Path] | None = 
         raise FinesslError("no readable image in the pool")
     failed = [(files[i] if pool else item_id(config.data.name, data.source, i), why)
               for i, why in found.failed]
-    scores = Pool(None, found.features, labeled.features, classes=len(data.classes))
+    scores = Pool(None, found.features, labeled.features if len(labeled) else None,
+                  classes=len(data.classes))
     picks = choose(scores, budget, np.random.default_rng(seed))
     report = SuggestionReport(failed=failed, strategy=strategy, cold_start=True)
     for pick in picks:
