@@ -40,10 +40,9 @@ TYPICALITY_QUERIES = 20000  # members scored per cluster (a seeded sample above)
 PURITY = 0.95  # ProbCover's ball purity
 COVER_SAMPLE = 20000  # images ProbCover's graph is built on
 BALL_CAP = 1000  # nearest images a ball may hold
-CHUNK = 2048
-
-
 PROJECT_ABOVE = 2000  # pools of more rows are clustered in 128 principal directions
+MINI_BATCH_ABOVE = 20000  # pools of more rows use mini-batch k-means
+CHUNK = 2048
 
 
 def spaces(pool: Pool, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -57,9 +56,9 @@ def spaces(pool: Pool, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def kmeans(points: np.ndarray, clusters: int, seed: int) -> tuple[np.ndarray, KMeans | MiniBatchKMeans]:
-    """Cluster labels of ``points`` and the fitted model (mini-batch above 20,000 rows)."""
+    """Cluster labels of ``points`` and the fitted model (mini-batch above ``MINI_BATCH_ABOVE``)."""
     clusters = max(1, min(clusters, len(points)))
-    if len(points) > 20000:
+    if len(points) > MINI_BATCH_ABOVE:
         model = MiniBatchKMeans(clusters, random_state=seed, n_init=3, batch_size=4096)
     else:  # k-means++ seeding, one run (scikit-learn's own default for it)
         model = KMeans(clusters, random_state=seed, n_init=1)
@@ -67,22 +66,14 @@ def kmeans(points: np.ndarray, clusters: int, seed: int) -> tuple[np.ndarray, KM
 
 
 def distances_to_neighbours(queries: np.ndarray, refs: np.ndarray, k: int,
-                            same: np.ndarray | None = None) -> np.ndarray:
+                            same: np.ndarray) -> np.ndarray:
     """Mean Euclidean distance of each query (unit rows) to its ``k`` nearest refs;
     ``same[q]`` is the ref index that is query ``q`` itself (-1: none), never a neighbour."""
-    ref = torch.from_numpy(np.ascontiguousarray(refs, np.float32))
-    means = []
-    for start in range(0, len(queries), CHUNK):
-        block = torch.from_numpy(np.ascontiguousarray(queries[start:start + CHUNK], np.float32))
-        sims = block @ ref.T
-        if same is not None:
-            rows = torch.arange(len(block))
-            own = torch.from_numpy(same[start:start + CHUNK])
-            sims[rows[own >= 0], own[own >= 0]] = -np.inf
-        available = len(refs) - (1 if same is not None and (same >= 0).any() else 0)
-        top = sims.topk(max(1, min(k, available)), dim=1).values
-        means.append(torch.sqrt(torch.clamp(2 - 2 * top, min=0)).mean(dim=1).numpy())
-    return np.concatenate(means)
+    sims, idx = top_k(queries, refs, k + 1, CHUNK)  # one spare for the query itself
+    keep = idx != same[:, None]
+    keep &= np.cumsum(keep, axis=1) <= k
+    distances = np.sqrt(np.clip(2.0 - 2.0 * sims, 0.0, None))
+    return (distances * keep).sum(axis=1) / np.maximum(keep.sum(axis=1), 1)
 
 
 def typicality(points: np.ndarray, members: np.ndarray, rng: np.random.Generator,
@@ -93,10 +84,10 @@ def typicality(points: np.ndarray, members: np.ndarray, rng: np.random.Generator
         np.sort(rng.choice(members, TYPICALITY_QUERIES, replace=False))
     refs = members if len(members) <= TYPICALITY_REFS else \
         np.sort(rng.choice(members, TYPICALITY_REFS, replace=False))
-    where = {int(r): i for i, r in enumerate(refs)}
-    same = np.asarray([where.get(int(q), -1) for q in queries], dtype=np.int64)
     if len(refs) < 2:
         return queries, np.ones(len(queries))
+    at = np.minimum(np.searchsorted(refs, queries), len(refs) - 1)  # both sorted
+    same = np.where(refs[at] == queries, at, -1)
     spread = distances_to_neighbours(points[queries], points[refs], k, same)
     return queries, 1.0 / np.maximum(spread, 1e-8)
 
@@ -160,11 +151,16 @@ def ball_radius(points: np.ndarray, classes: int, seed: int, purity: float = PUR
     return float(np.quantile(nearest_other_cluster(points, clusters), 1.0 - purity))
 
 
+def within(radius: float) -> float:
+    """The cosine similarity from which unit rows are within Euclidean ``radius``
+    (|a - b|^2 = 2 - 2 a.b)."""
+    return 1.0 - radius * radius / 2.0
+
+
 def balls(points: np.ndarray, radius: float) -> sparse.csr_matrix:
     """Row j: the points within ``radius`` of point j (itself included, at most ``BALL_CAP``)."""
-    similarity = 1.0 - radius * radius / 2.0  # |a - b|^2 = 2 - 2 a.b on unit rows
     sims, idx = top_k(points, points, min(BALL_CAP, len(points)), CHUNK)
-    inside = sims >= similarity
+    inside = sims >= within(radius)
     rows = np.repeat(np.arange(len(points)), inside.sum(axis=1))
     ones = np.ones(len(rows), dtype=np.float32)
     return sparse.csr_matrix((ones, (rows, idx[inside])), shape=(len(points), len(points)))
@@ -175,7 +171,7 @@ def covered_by(points: np.ndarray, centres: np.ndarray, radius: float) -> np.nda
     if len(centres) == 0:
         return np.zeros(len(points), dtype=bool)
     sims, _ = top_k(points, centres, 1, CHUNK)
-    return sims[:, 0] >= 1.0 - radius * radius / 2.0
+    return sims[:, 0] >= within(radius)
 
 
 @STRATEGIES.register("probcover")
