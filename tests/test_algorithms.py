@@ -249,7 +249,7 @@ def test_pseudolabel_trains_on_the_weak_view():
 def test_finessl_parts_plug_into_flexmatch():
     cfg = AlgorithmConfig(name="flexmatch", bms=True, dls=True, weighting="aux", **REFERENCE)
     a = build_algorithm(cfg, C, 8)
-    a.pace.selected.copy_(torch.tensor([0, 0, 0, 0, 1, 1, -1, -1]))
+    a.pace.assign(torch.tensor([0, 0, 0, 0, 1, 1, -1, -1]))
     result = a.step(tiny_model(), tiny_batch(1))
     assert {"loss_x", "loss_x_aux", "loss_u", "loss_u_aux"} <= set(result.terms)
     assert result.logs["margin_max"] == pytest.approx(8.0)
@@ -261,11 +261,11 @@ def test_ablation_switches():
     model = tiny_model()
     beta = torch.tensor([1.0, 0.5, 0.0])
     fixed = algo("finessl", margin_fixed=True, margin_alpha=2.0, **REFERENCE)
-    fixed.pace.selected.copy_(torch.tensor([0, 0, 1, -1, -1, -1, -1, -1, -1, -1]))
+    fixed.pace.assign(torch.tensor([0, 0, 1, -1, -1, -1, -1, -1, -1, -1]))
     assert fixed.margins().tolist() == pytest.approx([2 * (1 - b) / (1 + b) for b in beta.tolist()])
     # BMS on unlabeled data only: L_x is the plain cross-entropy.
     only_u = algo("finessl", bms_labeled=False, num_unlabeled=8, **REFERENCE)
-    only_u.pace.selected.copy_(torch.tensor([0, 0, 0, 0, 1, 1, -1, -1]))
+    only_u.pace.assign(torch.tensor([0, 0, 0, 0, 1, 1, -1, -1]))
     batch = tiny_batch(2)
     result = only_u.step(model, batch)
     plain = nn.functional.cross_entropy(model(batch.images), batch.labels)

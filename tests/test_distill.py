@@ -98,7 +98,7 @@ def test_each_student_head_learns_from_the_same_teacher_head():
 def test_margins_scale_with_the_balance_and_switches_work():
     teacher_model, student = tiny(1), tiny(2)
     algo = semikd(teacher_model)
-    algo.pace.selected.copy_(torch.tensor([0] * 4 + [1] * 2 + [-1] * 34))  # beta 1, 0.5, 0
+    algo.pace.assign(torch.tensor([0] * 4 + [1] * 2 + [-1] * 34))  # beta 1, 0.5, 0
     result = algo.step(student, next(batches(1)))
     assert result.logs["margin_max"] == pytest.approx(8.0 * algo.balance.item(), rel=1e-6)
     plain = semikd(teacher_model, bms=False).step(student, next(batches(1)))

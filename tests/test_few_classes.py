@@ -89,7 +89,7 @@ def test_auto_step_equals_the_reference_step_from_ten_classes_on():
         model = build_model(ModelConfig(peft="full"), 10,
                             backbone=ModuleBackbone(nn.Linear(6, 6), num_features=6))
         a = build_algorithm(AlgorithmConfig(name="finessl", threshold=0.2, **rules), 10, 12)
-        a.pace.selected.copy_(torch.tensor([0, 0, 0, 1, 1, 2, -1, -1, -1, -1, -1, -1]))
+        a.pace.assign(torch.tensor([0, 0, 0, 1, 1, 2, -1, -1, -1, -1, -1, -1]))
         g = torch.Generator().manual_seed(1)
         batch = Batch(torch.randn(4, 6, generator=g), torch.tensor([0, 3, 5, 9]), torch.arange(4),
                       torch.randn(4, 6, generator=g), [torch.randn(4, 6, generator=g) for _ in range(2)])

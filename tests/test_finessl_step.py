@@ -97,7 +97,7 @@ def run_step(threshold=0.7, preselect=True):
         model.aux_head.scale.fill_(3.0)
     algo = build_algorithm(AlgorithmConfig(name="finessl", threshold=threshold, **REFERENCE), C, 8)
     if preselect:  # counts 4, 2, 0 -> margins 0, 8/3, 8
-        algo.pace.selected.copy_(torch.tensor([0, 0, 0, 0, 1, 1, -1, -1]))
+        algo.pace.assign(torch.tensor([0, 0, 0, 0, 1, 1, -1, -1]))
     before = algo.pace.selected.tolist()
     batch = make_batch()
     expected = expected_losses(model, batch, before, threshold=threshold)

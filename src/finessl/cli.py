@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import logging
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -206,23 +207,88 @@ def cmd_estimate(args, overrides) -> int:
     return 0
 
 
-def _predictor(args):
+def _predictor(args, local_rank: int = 0):
+    from finessl.device import resolve_device
     from finessl.errors import FinesslError
     from finessl.inference import load, pretrained_predictor
 
     if bool(args.run) == bool(getattr(args, "backbone", None)):
         raise FinesslError("give either --run DIR (a trained run) or --backbone NAME "
                            "(its own ImageNet classifier)")
+    device = str(resolve_device(args.device, local_rank))  # under torchrun: this rank's GPU
     if args.run:
-        return load(args.run, device=args.device)
-    return pretrained_predictor(args.backbone, args.pretrained, device=args.device)
+        return load(args.run, device=device)
+    return pretrained_predictor(args.backbone, args.pretrained, device=device)
+
+
+@contextlib.contextmanager
+def _pool_ranks(args, desc: str):
+    """What every whole-pool pass shares: the torchrun ranks, a progress bar (main rank),
+    the shard folder (OUT.parts, removed once the body wrote OUT unless --keep-shards; kept
+    after an interruption, with a line saying how to resume). Yields (env, folder, bar)."""
+    from tqdm import tqdm
+
+    from finessl.device import resolve_device
+    from finessl.distributed import init_distributed, shutdown_distributed
+    from finessl.errors import FinesslError
+    from finessl.pool_pass import ForeignShards, work_folder
+
+    check_writable(args.out, inputs=args.paths)
+    env = init_distributed(resolve_device(args.device).type)
+    bar = tqdm(unit="img", desc=desc, disable=not (sys.stderr.isatty() and env.is_main))
+    try:
+        with work_folder(args.out, env) as folder:
+            try:
+                yield env, folder, bar
+            except (KeyboardInterrupt, FinesslError) as error:
+                done = len(list(folder.glob("shard-*.safetensors"))) if args.out else 0
+                if done and not isinstance(error, ForeignShards):
+                    print(f"{done} finished shard(s) are kept in {folder}; run the same command "
+                          "again to resume from there", file=sys.stderr)
+                raise
+            if env.is_main and not args.keep_shards:
+                shutil.rmtree(folder, ignore_errors=True)
+    finally:
+        bar.close()
+        shutdown_distributed()
+
+
+@contextlib.contextmanager
+def _scored_pool(args, command: str, top_k: int):
+    """Predicts every image of ``args.paths`` shard by shard (``pool_pass``), every torchrun
+    rank its share; yields (store, images, predictor) on the main rank, None on the others."""
+    from finessl.inference import collect_images, predict_pool
+
+    with _pool_ranks(args, "predicting") as (env, folder, bar):
+        images = collect_images(args.paths)
+        predictor = _predictor(args, env.local_rank)
+        bar.total = len(images) // env.world_size
+        store = predict_pool(predictor, images, folder, command, top_k, args.batch_size,
+                             _workers(args), args.shard_size, env, bar.update)
+        yield (store, images, predictor) if env.is_main else None
+
+
+def _workers(args) -> int:
+    """``--workers`` as given, else one image-decoding process per spare core (at most 8)."""
+    if args.workers is not None:
+        return args.workers
+    return max(0, min(8, (os.cpu_count() or 1) - 1))
 
 
 def _report_failures(report) -> None:
-    if report.failed:
-        print(f"{len(report.failed)} file(s) could not be read and were skipped:", file=sys.stderr)
-        for path, reason in report.failed:
+    _print_failures(report.failed)
+
+
+SHOWN_FAILURES = 20
+
+
+def _print_failures(failed: list[tuple[str, str]]) -> None:
+    if failed:
+        print(f"{len(failed)} file(s) could not be read and were skipped:", file=sys.stderr)
+        for path, reason in failed[:SHOWN_FAILURES]:
             print(f"  {path}: {reason}", file=sys.stderr)
+        if len(failed) > SHOWN_FAILURES:
+            print(f"  ... and {len(failed) - SHOWN_FAILURES} more", file=sys.stderr)
 
 
 def check_writable(path: str | None, what: str = "--out", inputs=()) -> None:
@@ -274,23 +340,25 @@ def _open_out(path: str | None):
 def cmd_predict(args, overrides) -> int:
     import csv
 
-    from finessl.inference import collect_images
+    from finessl.inference import iter_top_k
 
-    check_writable(args.out, inputs=args.paths)
-    images = collect_images(args.paths)
-    predictor = _predictor(args)
-    report = predictor.predict(images, batch_size=args.batch_size, top_k=args.top_k,
-                               workers=args.workers)
-    with _open_out(args.out) as handle:
-        writer = csv.writer(handle)
-        extra = [c for k in range(2, args.top_k + 1) for c in (f"label_{k}", f"confidence_{k}")]
-        writer.writerow(["path", "label", "confidence", *extra])
-        for p in report.predictions:
-            rest = [v for label, prob in p.top[1:] for v in (label, f"{prob:.6f}")]
-            writer.writerow([p.path, p.label, f"{p.confidence:.6f}", *rest])
+    with _scored_pool(args, "predict", args.top_k) as scored:
+        if scored is None:  # another torchrun rank: the main one writes
+            return 0
+        store, images, predictor = scored
+        written = 0
+        with _open_out(args.out) as handle:
+            writer = csv.writer(handle)
+            extra = [c for k in range(2, args.top_k + 1) for c in (f"label_{k}", f"confidence_{k}")]
+            writer.writerow(["path", "label", "confidence", *extra])
+            for position, top in iter_top_k(store, predictor.classes):
+                writer.writerow([images[position], *[v for label, prob in top
+                                                     for v in (label, f"{prob:.6f}")]])
+                written += 1
+        failed = [(images[p], reason) for p, reason in store.failures()]
     if args.out:
-        print(f"{len(report.predictions)} predictions written to {args.out}")
-    _report_failures(report)
+        print(f"{written} predictions written to {args.out}")
+    _print_failures(failed)
     return 0
 
 
@@ -298,24 +366,27 @@ def cmd_label(args, overrides) -> int:
     import csv
     from collections import Counter
 
-    from finessl.inference import auto_label, collect_images
+    from finessl.inference import confident_labels, iter_top_k
 
     args.backbone = None
-    check_writable(args.out, inputs=args.paths)
-    images = collect_images(args.paths)
-    predictor = _predictor(args)
-    report = predictor.predict(images, batch_size=args.batch_size, workers=args.workers)
-    kept = auto_label(report, args.threshold, args.max_per_class)
-    with _open_out(args.out) as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "label", "confidence"])
-        for p in kept:
-            writer.writerow([p.path, p.label, f"{p.confidence:.6f}"])
-    counts = Counter(p.label for p in kept)
-    print(f"labeled {len(kept)} of {len(report.predictions)} readable images "
+    with _scored_pool(args, "label", 1) as scored:
+        if scored is None:
+            return 0
+        store, images, predictor = scored
+        rows = ((position, top[0][0], top[0][1]) for position, top in iter_top_k(store, predictor.classes))
+        kept = confident_labels(rows, args.threshold, args.max_per_class)
+        with _open_out(args.out) as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["path", "label", "confidence"])
+            for position, label, confidence in kept:
+                writer.writerow([images[position], label, f"{confidence:.6f}"])
+        failed = [(images[p], reason) for p, reason in store.failures()]
+        readable = len(images) - len(failed)
+    counts = Counter(label for _, label, _ in kept)
+    print(f"labeled {len(kept)} of {readable} readable images "
           f"(threshold {args.threshold}); per class: {dict(sorted(counts.items()))}"
           + (f"; written to {args.out}" if args.out else ""), file=sys.stderr)
-    _report_failures(report)
+    _print_failures(failed)
     return 0
 
 
@@ -334,22 +405,31 @@ def cmd_suggest(args, overrides) -> int:
                           "--preset/--config (a cold start)")
     args.resume = None
     config = None if args.run else _resolve_config(args, overrides)
-    check_writable(args.out, inputs=args.paths)
-    bar = tqdm(unit="img", disable=not sys.stderr.isatty(), desc="scoring the pool")
     pool = args.paths or None
-    try:
-        if config is None:
-            report = suggest(args.run, args.budget, pool=pool, strategy=args.strategy, seed=args.seed,
-                             batch_size=args.batch_size, workers=args.workers, device=args.device,
-                             progress=bar.update)
-        else:
+    if config is not None:
+        check_writable(args.out, inputs=args.paths)
+        bar = tqdm(unit="img", disable=not sys.stderr.isatty(), desc="scoring the pool")
+        try:
             report = cold_start(config, args.budget, pool=pool, strategy=args.strategy,
-                                seed=args.seed, batch_size=args.batch_size, workers=args.workers,
+                                seed=args.seed, batch_size=args.batch_size, workers=_workers(args),
                                 device=args.device, progress=bar.update)
-    finally:
-        bar.close()
-    with _open_out(args.out) as handle:
-        write_suggestions(report, handle)
+        finally:
+            bar.close()
+        with _open_out(args.out) as handle:
+            write_suggestions(report, handle)
+    else:
+        from finessl.device import resolve_device
+
+        with _pool_ranks(args, "scoring the pool") as (env, folder, bar):
+            report = suggest(args.run, args.budget, pool=pool, strategy=args.strategy,
+                             seed=args.seed, batch_size=args.batch_size, workers=_workers(args),
+                             device=str(resolve_device(args.device, env.local_rank)),
+                             progress=bar.update, folder=folder, shard_size=args.shard_size,
+                             env=env)
+            if report is None:  # another torchrun rank: the main one chooses and writes
+                return 0
+            with _open_out(args.out) as handle:
+                write_suggestions(report, handle)
     if args.out and config is None:
         print(f"{len(report.suggestions)} images to label ({args.strategy}) written to {args.out}; "
               "add a label column (path,label) and train with --data.extra_labels FILE "
@@ -500,12 +580,20 @@ worker_count = _number(int, lambda v: 0 <= v <= 4 * (os.cpu_count() or 1),
                        f"a count of processes from 0 to {4 * (os.cpu_count() or 1)} (4 per CPU)")
 
 
-def _image_pool_args(parser: argparse.ArgumentParser) -> None:
+def _image_pool_args(parser: argparse.ArgumentParser, sharded: bool = False) -> None:
     """What every command that reads a pool of images takes."""
     parser.add_argument("--out", help="CSV file to write (default: standard output)")
     parser.add_argument("--batch-size", type=positive_int, default=64)
-    parser.add_argument("--workers", type=worker_count, default=0, help="image-loading processes")
+    parser.add_argument("--workers", type=worker_count, default=None,
+                        help="image-decoding processes (default: one per spare core, at most 8)")
     parser.add_argument("--device", default="auto")
+    if sharded:
+        parser.add_argument("--shard-size", type=positive_int, default=10_000,
+                            help="images per shard: finished shards are kept in OUT.parts, so a "
+                                 "command interrupted and run again resumes (default 10000)")
+        parser.add_argument("--keep-shards", action="store_true",
+                            help="keep OUT.parts after writing OUT: the same command run again "
+                                 "(other --strategy, --budget, --threshold) reuses the scored pool")
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
@@ -572,7 +660,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--pretrained", default="imagenet", help="with --backbone")
     predict.add_argument("paths", nargs="+", help="images, folders of images or CSV lists")
     predict.add_argument("--top-k", type=positive_int, default=1)
-    _image_pool_args(predict)
+    _image_pool_args(predict, sharded=True)
     predict.set_defaults(func=cmd_predict)
 
     label = sub.add_parser("label", help="auto-label an unlabeled pool into a CSV",
@@ -583,7 +671,7 @@ def build_parser() -> argparse.ArgumentParser:
     label.add_argument("paths", nargs="+", help="images, folders of images or CSV lists")
     label.add_argument("--threshold", type=unit_float, default=0.9)
     label.add_argument("--max-per-class", type=positive_int)
-    _image_pool_args(label)
+    _image_pool_args(label, sharded=True)
     label.set_defaults(func=cmd_label)
 
     from finessl.active.strategies import STRATEGIES
@@ -606,7 +694,7 @@ def build_parser() -> argparse.ArgumentParser:
     suggest.add_argument("--budget", type=positive_int, required=True, help="how many images")
     suggest.add_argument("--strategy", choices=strategies, default="auto")
     suggest.add_argument("--seed", type=non_negative_int, default=0)
-    _image_pool_args(suggest)
+    _image_pool_args(suggest, sharded=True)
     suggest.set_defaults(func=cmd_suggest)
 
     audit = sub.add_parser(

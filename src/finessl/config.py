@@ -196,6 +196,9 @@ class TrainConfig:
     eval_every: int | None = opt(None, "evaluate every N steps (None = once per epoch)", ge=1)
     checkpoint_every: int | None = opt(None, "also checkpoint every N steps", ge=1)
     eval_batch_size: int = opt(128, "batch size of evaluation", ge=1)
+    test_predictions: str = opt("final", "keep the test set's logits (float16) for reports: the "
+                                         "final model's (final), rewritten at every evaluation "
+                                         "(every), or none (off)", choices=("final", "every", "off"))
     log_every: int = opt(50, "write a metrics line every N steps", ge=1)
     tensorboard: bool = opt(True, "TensorBoard event files in the run directory")
     loggers: list[str] = opt([], "extra experiment trackers: csv, mlflow, wandb",

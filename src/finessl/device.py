@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable
 
 import torch
 
 from finessl.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -42,14 +45,31 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return device
 
 
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU runs bf16 matrix products natively (AVX-512 BF16 / AMX, or the
+    AVX-512 kernels oneDNN uses). Without them (AVX2 only) PyTorch falls back to a reference
+    GEMM that is tens of times slower than fp32."""
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    try:
+        return bool(check()) if check is not None else False
+    except RuntimeError:
+        return False
+
+
 def resolve_precision(name: str, device: torch.device) -> str:
-    """``auto`` = fp16 (with loss scaling) on CUDA, fp32 elsewhere."""
+    """``auto`` = fp16 (with loss scaling) on CUDA, fp32 elsewhere. ``bf16`` on a CPU that
+    cannot run it fast falls back to fp32, with a warning."""
     if name == "auto":
         return "fp16" if device.type == "cuda" else "fp32"
     if name not in PRECISIONS:
         raise ConfigError(f"train.precision must be one of auto, {', '.join(PRECISIONS)}")
     if name == "fp16" and device.type != "cuda":
         raise ConfigError("fp16 needs CUDA; use train.precision bf16 on the CPU")
+    if name == "bf16" and device.type == "cpu" and not cpu_has_fast_bf16():
+        log.warning("train.precision bf16: this CPU (%s) has no fast bf16 matrix products, so bf16 "
+                    "would run many times slower than fp32; using fp32",
+                    torch.backends.cpu.get_cpu_capability())
+        return "fp32"
     return name
 
 

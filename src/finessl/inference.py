@@ -9,26 +9,30 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import heapq
 import io
 import logging
 import os
-from collections import Counter
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from finessl.config import Config, ModelConfig
 from finessl.data.augment import build_transforms
 from finessl.data.datasets import list_images, load_image
 from finessl.data.extra_labels import resolve_listed
-from finessl.device import resolve_device
+from finessl.data.path_list import PathList
+from finessl.device import autocast_for, resolve_device, resolve_precision
+from finessl.distributed import DistEnv
 from finessl.errors import DataError, FinesslError
 from finessl.models import build_backbone, build_model
 from finessl.models.backbone_base import Backbone, ModuleBackbone
+from finessl.pool_pass import SHARD_SIZE, Scorer, ShardStore, file_fingerprint, pool_fingerprint, score_shards
 from finessl.rundir import RunDir, atomic_write
 
 log = logging.getLogger(__name__)
@@ -49,19 +53,20 @@ class PredictionReport:
 
 
 class _ImageFiles(Dataset):
-    """Images for inference; an unreadable file yields a placeholder and its error."""
+    """Images for inference: ``(tensor, position, "")``, or a placeholder and the reason
+    for an unreadable file."""
 
     def __init__(self, paths: Sequence[str | Path], transform, image_size: int) -> None:
-        self.paths, self.transform, self.image_size = [str(p) for p in paths], transform, image_size
+        self.paths, self.transform, self.image_size = PathList.of(paths), transform, image_size
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int):
         try:
-            return self.transform(load_image(self.paths[index])), self.paths[index], ""
+            return self.transform(load_image(self.paths[index])), index, ""
         except DataError as error:
-            return torch.zeros(3, self.image_size, self.image_size), self.paths[index], str(error)
+            return torch.zeros(3, self.image_size, self.image_size), index, str(error)
 
 
 @dataclass
@@ -76,38 +81,79 @@ class Predictor:
     device: torch.device
     config: Config | None = None
     metadata: dict = field(default_factory=dict)
+    source: str = ""  # which model this is (run folder and adapter file, or backbone)
 
     @property
     def transform(self):
         return build_transforms(self.image_size, self.mean, self.std).test
 
-    @torch.no_grad()
+    def files(self, images: Sequence[str | Path]) -> Dataset:
+        """``images`` as a dataset of ``(tensor, position, error)`` for ``pool_pass``."""
+        return _ImageFiles(images, self.transform, self.image_size)
+
+    def autocast(self):
+        """fp16 autocast on CUDA (inference needs no loss scaling), none elsewhere."""
+        return autocast_for(resolve_precision("auto", self.device), self.device)()
+
+    def top_k_scorer(self, k: int) -> Scorer:
+        """Images -> the ``k`` most probable classes and their probabilities."""
+        model = self.model.eval()
+        if self.device.type == "cuda":
+            model.to(memory_format=torch.channels_last)
+
+        def score(images: torch.Tensor) -> dict[str, torch.Tensor]:
+            with self.autocast():
+                probs = model(images).float().softmax(-1)
+            values, indices = probs.nan_to_num(0.0).topk(min(k, probs.shape[1]), dim=-1)
+            return {"top_prob": values, "top_index": indices.int(),
+                    "finite": torch.isfinite(probs).all(dim=-1)}
+
+        return score
+
     def predict(self, images: Sequence[str | Path], batch_size: int = 64, top_k: int = 1,
                 workers: int = 0) -> PredictionReport:
-        """Class, confidence and top-k classes per image; unreadable images go to ``failed``."""
-        loader = DataLoader(_ImageFiles(images, self.transform, self.image_size),
-                            batch_size=batch_size, num_workers=workers)
+        """Class, confidence and top-k classes per image; unreadable images go to ``failed``.
+        All in memory: for large pools use ``predict_pool``, which writes as it goes."""
+        paths = PathList.of(images)
         report = PredictionReport()
-        self.model.eval()
-        for tensors, paths, errors in loader:
-            ok = [i for i, e in enumerate(errors) if not e]
-            report.failed += [(p, e) for p, e in zip(paths, errors) if e]
-            if not ok:
-                continue
-            probs = self.model(tensors[ok].to(self.device)).float().softmax(-1).cpu()
-            finite = torch.isfinite(probs).all(dim=-1).tolist()
-            report.failed += [(paths[i], "the model gave non-finite scores") for i, f in zip(ok, finite)
-                              if not f]
-            values, indices = probs.topk(min(top_k, probs.shape[1]), dim=-1)
-            for i, vals, idxs, good in zip(ok, values.tolist(), indices.tolist(), finite):
-                if not good:
-                    continue
-                report.predictions.append(Prediction(
-                    paths[i], self.classes[idxs[0]], vals[0],
-                    [(self.classes[k], v) for k, v in zip(idxs, vals)]))
+        with tempfile.TemporaryDirectory(prefix="finessl-predict-") as tmp:
+            store = ShardStore(Path(tmp), len(paths), SHARD_SIZE, {})
+            store.open(DistEnv())
+            score_shards(store, self.files(paths), self.top_k_scorer(top_k), self.device, DistEnv(),
+                         batch_size, workers)
+            for position, top in iter_top_k(store, self.classes):
+                report.predictions.append(Prediction(paths[position], top[0][0], top[0][1], top))
+            report.failed = [(paths[p], reason) for p, reason in store.failures()]
         for path, reason in report.failed:
             log.warning("skipped %s: %s", path, reason)
         return report
+
+
+def iter_top_k(store: ShardStore, classes: Sequence[str]) -> Iterator[tuple[int, list[tuple[str, float]]]]:
+    """``(position, [(class, probability), ...])`` of every scored image, shard by shard."""
+    for arrays, _ in store.shards():
+        if not len(arrays["positions"]):
+            continue
+        for position, probs, indices in zip(arrays["positions"].tolist(), arrays["top_prob"].tolist(),
+                                            arrays["top_index"].tolist()):
+            yield position, [(classes[k], v) for k, v in zip(indices, probs)]
+
+
+def predict_pool(predictor: Predictor, images: PathList, folder: Path, command: str, top_k: int = 1,
+                 batch_size: int = 64, workers: int = 0, shard_size: int = SHARD_SIZE,
+                 env: DistEnv | None = None, progress: Callable[[int], None] | None = None) -> ShardStore:
+    """Scores ``images`` into the shards of ``folder`` (resuming what a killed run left),
+    every rank its share; the returned store reads the results back in order."""
+    env = env or DistEnv()
+    job = {"command": command, "model": predictor.source, "pool": pool_fingerprint(images),
+           "top_k": top_k}
+    store = ShardStore(folder, len(images), shard_size, job)
+    done = store.open(env)
+    if done and env.is_main:
+        log.info("resuming: %d of %d shards of %s are already done", done, store.num_shards, folder)
+    score_shards(store, predictor.files(images), predictor.top_k_scorer(top_k), predictor.device,
+                 env, batch_size, workers, progress)
+    return store
 
 
 def load(run_dir: str | Path, device: str = "auto", backbone: nn.Module | None = None) -> Predictor:
@@ -141,8 +187,9 @@ def load(run_dir: str | Path, device: str = "auto", backbone: nn.Module | None =
     model.load_state_dict(state, strict=False)
     target = resolve_device(device)
     model.to(target).eval()
+    adapter = run.path / RunDir.ADAPTER
     return Predictor(model, list(meta["classes"]), meta["image_size"], meta["mean"], meta["std"],
-                     target, config, meta)
+                     target, config, meta, f"{run.path.resolve()} {file_fingerprint(adapter)}")
 
 
 class _PretrainedHead(nn.Module):
@@ -165,28 +212,30 @@ def pretrained_predictor(backbone: str, pretrained: str = "imagenet", device: st
     classes = [info.index_to_description(i) for i in range(1000)]
     target = resolve_device(device)
     head = _PretrainedHead(model).to(target).eval()
-    return Predictor(head, classes, model.image_size, model.mean, model.std, target)
+    return Predictor(head, classes, model.image_size, model.mean, model.std, target,
+                     source=f"backbone {backbone} {pretrained}")
 
 
-def collect_images(paths: Sequence[str | Path]) -> list[Path]:
+def collect_images(paths: Sequence[str | Path]) -> PathList:
     """Files as given, folders expanded to the images inside, ``.csv`` files read as lists
     (first column; a relative path is relative to the CSV, as in every list finessl reads).
-    Every path comes back absolute, so lists written from it read the same anywhere. A path
-    that does not exist is an error."""
-    found: list[Path] = []
+    Every path comes back absolute, so lists written from it read the same anywhere; the
+    list is compact (``PathList``) for pools of millions. A path that does not exist is an
+    error."""
+    found = PathList.of([])
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found += list_images(path)
+            found += list_images(Path(os.path.abspath(path)))
         elif path.is_file() and path.suffix.lower() == ".csv":
-            found += _csv_images(path)
+            found += PathList.of(os.path.abspath(p) for p in _csv_images(path))
         elif path.is_file():
-            found.append(path)
+            found += [os.path.abspath(path)]
         else:
             raise FinesslError(f"{str(path)!r} does not exist")
     if not found:
         raise FinesslError("no images found in the given paths")
-    return [Path(os.path.abspath(p)) for p in found]
+    return found
 
 
 def _csv_images(listing: Path) -> list[Path]:
@@ -206,16 +255,30 @@ def _csv_images(listing: Path) -> list[Path]:
 def auto_label(report: PredictionReport, threshold: float = 0.0,
                max_per_class: int | None = None) -> list[Prediction]:
     """Keeps predictions at or above ``threshold``; at most ``max_per_class`` per class,
-    the most confident first."""
-    kept, per_class = [], Counter()
-    for prediction in sorted(report.predictions, key=lambda p: -p.confidence):
-        if not prediction.confidence >= threshold:  # NaN never passes
-            break
-        if max_per_class is not None and per_class[prediction.label] >= max_per_class:
+    the most confident first (in the order predicted)."""
+    scored = ((i, p.label, p.confidence) for i, p in enumerate(report.predictions))
+    return [report.predictions[i] for i, _, _ in confident_labels(scored, threshold, max_per_class)]
+
+
+def confident_labels(scored: Iterator[tuple[int, str, float]], threshold: float,
+                     max_per_class: int | None) -> list[tuple[int, str, float]]:
+    """The ``(position, label, confidence)`` rows at or above ``threshold``, in position
+    order; with ``max_per_class`` only each class's most confident (earlier first on ties),
+    kept in one bounded heap per class — memory is the output, never the pool."""
+    if max_per_class is None:
+        return [row for row in scored if row[2] >= threshold]  # NaN never passes
+    heaps: dict[str, list[tuple[float, int]]] = {}
+    for position, label, confidence in scored:
+        if not confidence >= threshold:
             continue
-        per_class[prediction.label] += 1
-        kept.append(prediction)
-    return sorted(kept, key=lambda p: p.path)
+        heap = heaps.setdefault(label, [])
+        entry = (confidence, -position)  # the smallest is the first to go: least confident, latest
+        if len(heap) < max_per_class:
+            heapq.heappush(heap, entry)
+        elif entry > heap[0]:
+            heapq.heapreplace(heap, entry)
+    kept = [(-neg, label, confidence) for label, heap in heaps.items() for confidence, neg in heap]
+    return sorted(kept)
 
 
 class _Normalised(nn.Module):

@@ -6,7 +6,7 @@
   metrics.jsonl                  one JSON object per line ("kind": train / eval / pseudo_labels)
   adapter.safetensors            trainable weights only, with metadata naming the backbone
   state.safetensors              optimizer / schedule / algorithm state / RNG, to resume from
-  test_predictions.safetensors   test-set logits and labels of the latest evaluation
+  test_predictions.safetensors   test-set logits (float16) and labels of the final model
   final.json                     final metrics; eval.json: a later re-evaluation
   tensorboard/, report/          event files; the HTML report
   metrics.csv, mlruns/, wandb/   the optional trackers (train.loggers)
@@ -371,7 +371,9 @@ class RunDir:
     def save_predictions(self, logits: torch.Tensor, labels: torch.Tensor) -> None:  # noqa: D102
         from safetensors.torch import save_file
 
-        tensors = {"logits": logits.float().contiguous(), "labels": labels.long().contiguous()}
+        half = torch.finfo(torch.float16).max  # float16 halves the file; logits never need more range
+        tensors = {"logits": logits.float().clamp(-half, half).half().contiguous(),
+                   "labels": labels.long().contiguous()}
         atomic_write(self.path / self.PREDICTIONS, lambda tmp: save_file(tensors, str(tmp)))
 
     def load_predictions(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -57,8 +57,8 @@ def cold_start(config: Config, budget: int, pool: Sequence[str | Path] | None = 
 
     labeled = features_of(data.source.train, data.labeled_indices)
     if pool:
-        files = [str(p) for p in collect_images(pool)]
-        source = FileImages(files, [-1] * len(files))
+        files = collect_images(pool)
+        source = FileImages(files, np.full(len(files), -1))
         found = features_of(source, np.arange(len(files)), progress)
         names = [files[int(i)] for i in found.indices]
     else:

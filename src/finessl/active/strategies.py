@@ -40,6 +40,7 @@ class Pool:
     model is trained (cold start) there are no probabilities: only the feature strategies
     (``FEATURE_ONLY``) can choose."""
 
+    # arrays in memory, or ``pool_pass.ShardedRows`` read from disk a block at a time
     probs: np.ndarray | None  # [N, C] main-head probabilities (None: no trained model)
     features: np.ndarray  # [N, D] backbone features, float16 or float32
     labeled_features: np.ndarray | None = None  # [L, D] of the images already labeled
@@ -89,6 +90,17 @@ def _top(scores: np.ndarray, budget: int, rng: np.random.Generator, reason: str)
     return [Pick(int(i), float(scores[i]), reason) for i in ranked]
 
 
+ROW_BLOCK = 65536  # rows of probabilities read at a time
+
+
+def per_row(rows, fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """``fn`` over ``rows`` (an array, or ``pool_pass.ShardedRows`` on disk) one block at a
+    time, so only N scores — never the N x C probabilities — are in memory at once."""
+    if len(rows) == 0:
+        return fn(np.asarray(rows[0:0]))
+    return np.concatenate([fn(np.asarray(rows[i:i + ROW_BLOCK])) for i in range(0, len(rows), ROW_BLOCK)])
+
+
 def entropy(probs: np.ndarray) -> np.ndarray:
     return -(probs * np.log(np.clip(probs, 1e-12, None))).sum(axis=1)
 
@@ -105,12 +117,13 @@ def random_strategy(pool: Pool, budget: int, rng: np.random.Generator) -> list[P
 
 @STRATEGIES.register("entropy")
 def entropy_strategy(pool: Pool, budget: int, rng: np.random.Generator) -> list[Pick]:
-    return _top(entropy(pool.predictions("entropy")), budget, rng, "entropy")
+    return _top(per_row(pool.predictions("entropy"), entropy), budget, rng, "entropy")
 
 
 @STRATEGIES.register("margin")
 def margin_strategy(pool: Pool, budget: int, rng: np.random.Generator) -> list[Pick]:
-    return _top(1.0 - top2_margin(pool.predictions("margin")), budget, rng, "small top-2 margin")
+    return _top(1.0 - per_row(pool.predictions("margin"), top2_margin), budget, rng,
+                "small top-2 margin")
 
 
 @STRATEGIES.register("kcenter")
@@ -145,7 +158,8 @@ def class_difficulty(pool: Pool) -> np.ndarray:
     confidence of the images predicted as the class, and FineSSL's margins (relative)."""
     probs = pool.predictions("balanced")
     num = probs.shape[1]
-    predicted, confidence = probs.argmax(axis=1), probs.max(axis=1)
+    predicted = per_row(probs, lambda p: p.argmax(axis=1))
+    confidence = per_row(probs, lambda p: p.max(axis=1))
     confident = np.bincount(predicted[confidence >= pool.confident], minlength=num).astype(float)
     share = confident / max(1.0, confident.sum())
     deficit = np.clip(1.0 - share * num, 0.0, 1.0)  # 1: none selected, 0: at/above its share
@@ -184,10 +198,10 @@ def allocate(weights: np.ndarray, budget: int, capacity: np.ndarray) -> np.ndarr
 def balanced_strategy(pool: Pool, budget: int, rng: np.random.Generator,
                       duplicate_similarity: float = 0.98) -> list[Pick]:
     probs = pool.predictions("balanced")
-    predicted, num = probs.argmax(axis=1), probs.shape[1]
+    predicted, num = per_row(probs, lambda p: p.argmax(axis=1)), probs.shape[1]
     difficulty = class_difficulty(pool)
     allocation = allocate(difficulty, budget, np.bincount(predicted, minlength=num))
-    uncertainty = 1.0 - top2_margin(probs)
+    uncertainty = 1.0 - per_row(probs, top2_margin)
     points = fit_space(pool.features)(pool.features)  # unit rows (128-d above 20,000 rows)
     picks: list[Pick] = []
     chosen: list[int] = []

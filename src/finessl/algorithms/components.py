@@ -21,14 +21,27 @@ class ClassPace(nn.Module):
         super().__init__()
         self.register_buffer("selected", torch.full((num_unlabeled,), -1, dtype=torch.long))
         self.register_buffer("beta", torch.zeros(num_classes))
+        # sigma, kept as selections change (not re-counted over all N every step); derived
+        # from ``selected``, so not saved: recomputed when a checkpoint is loaded
+        self.register_buffer("sigma", torch.zeros(num_classes, dtype=torch.long), persistent=False)
+        self.register_load_state_dict_post_hook(lambda module, _: module.recount())
+
+    def assign(self, selected: torch.Tensor) -> None:
+        """Sets every sample's selection at once (``-1`` = none)."""
+        self.selected.copy_(selected)
+        self.recount()
+
+    def recount(self) -> None:
+        chosen = self.selected[self.selected >= 0]
+        self.sigma.copy_(torch.bincount(chosen, minlength=self.beta.numel()))
 
     def reset(self) -> None:
         self.selected.fill_(-1)
         self.beta.zero_()
+        self.sigma.zero_()
 
     def counts(self) -> torch.Tensor:
-        chosen = self.selected[self.selected >= 0]
-        return torch.bincount(chosen, minlength=self.beta.numel())
+        return self.sigma
 
     def refresh(self) -> torch.Tensor:
         """Recomputes beta from the current selections and returns it."""
@@ -38,7 +51,13 @@ class ClassPace(nn.Module):
         return self.beta
 
     def update(self, indices: torch.Tensor, pseudo_labels: torch.Tensor, mask: torch.Tensor) -> None:
+        changed = indices[mask].unique()  # a sample twice in a batch is counted once
+        before = self.selected[changed]
         self.selected[indices[mask]] = pseudo_labels[mask]
+        after = self.selected[changed]
+        size = self.beta.numel()
+        self.sigma += torch.bincount(after, minlength=size) - torch.bincount(before[before >= 0],
+                                                                             minlength=size)
 
 
 class SmoothedPace(nn.Module):

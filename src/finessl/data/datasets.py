@@ -12,7 +12,7 @@ import logging
 import os
 import shutil
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from finessl.config import DataConfig
+from finessl.data.path_list import PathList, PathListBuilder, walk_images
 from finessl.errors import DataError
 from finessl.registry import Registry
 
@@ -68,10 +69,10 @@ class Relabeled(Dataset):
         return np.asarray([self.mapping.get(int(t), -1) for t in inner], dtype=np.int64)
 
     @property
-    def paths(self) -> list[str] | None:
+    def paths(self) -> PathList | None:
         """The files of the kept items, where the dataset is a list of files."""
         inner = getattr(self.dataset, "paths", None)
-        return None if inner is None else [inner[int(i)] for i in self.indices]
+        return None if inner is None else PathList.of(inner).take(self.indices)
 
     def __getitem__(self, index: int):
         image, label = self.dataset[int(self.indices[index])]
@@ -166,29 +167,33 @@ def upright(image: Image.Image) -> Image.Image:
         return image
 
 
-def canonical_paths(paths: Sequence[str | Path]) -> list[str]:
+def canonical_paths(paths: Iterable[str | Path]) -> list[str]:
     """Absolute paths with their folders' links resolved, so two names of one file (a
     relative and an absolute path, a folder reached through a link) compare equal. Each
     folder is resolved once, not each file."""
+    return list(iter_canonical(paths))
+
+
+def iter_canonical(paths: Iterable[str | Path]) -> Iterator[str]:
+    """``canonical_paths`` one at a time (for pools too large to hold as strings)."""
     folders: dict[str, str] = {}
-    result = []
     for path in paths:
         folder, name = os.path.split(os.path.abspath(path))
         if folder not in folders:
             folders[folder] = os.path.realpath(folder)
-        result.append(os.path.join(folders[folder], name))
-    return result
+        yield os.path.join(folders[folder], name)
 
 
-def list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+def list_images(folder: Path) -> PathList:
+    """The images under ``folder``, sorted (compact: one buffer, not an object per file)."""
+    return walk_images(folder, IMAGE_EXTENSIONS)
 
 
 class FileImages(Dataset):
     """Images on disk with known (or -1) labels."""
 
     def __init__(self, paths: Sequence[Path | str], targets: Sequence[int]) -> None:
-        self.paths = [str(p) for p in paths]
+        self.paths = PathList.of(paths)
         self.targets = np.asarray(targets, dtype=np.int64)
 
     def __len__(self) -> int:
@@ -216,12 +221,12 @@ def _class_folders(root: Path, what: str, classes: list[str] | None = None):
     unknown = sorted(set(found) - set(classes))
     if unknown:
         raise DataError(f"{what} folder {str(root)!r} has classes not in training: {unknown}")
-    paths, targets = [], []
+    paths, targets = PathList.of([]), []
     for k, name in enumerate(classes):
         folder = root / name
         if folder.is_dir() and not os.access(folder, os.R_OK | os.X_OK):
             raise DataError(f"class folder {str(folder)!r} cannot be read (permissions)")
-        images = list_images(folder) if folder.is_dir() else []
+        images = list_images(folder) if folder.is_dir() else PathList.of([])
         if not images and what == "labeled":
             raise DataError(f"class folder {str(root / name)!r} has no images; add some or remove it")
         paths += images
@@ -241,23 +246,23 @@ def folder_dataset(config: DataConfig, seed: int) -> SourceData:
     root = Path(config.root)
     labeled_dir = _require_dir(config.labeled_dir or str(root / "labeled"), "labeled_dir")
     paths, targets, classes = _class_folders(labeled_dir, "labeled")
-    unlabeled_paths: list[Path] = []
+    unlabeled_paths = PathList.of([])
     if config.unlabeled_dir or (root / "unlabeled").is_dir():
         unlabeled_dir = _require_dir(config.unlabeled_dir or str(root / "unlabeled"), "unlabeled_dir")
         unlabeled_paths = list_images(unlabeled_dir)
         labeled_files = set(canonical_paths(paths))
-        kept = [p for p, c in zip(unlabeled_paths, canonical_paths(unlabeled_paths))
-                if c not in labeled_files]
-        if len(kept) < len(unlabeled_paths):  # an unlabeled folder that holds the labeled one
+        again = np.fromiter((key in labeled_files for key in iter_canonical(unlabeled_paths)),
+                            bool, len(unlabeled_paths))
+        if again.any():  # an unlabeled folder that holds the labeled one
             log.info("%d labeled image(s) found again under the unlabeled folder are listed once, "
-                     "as labeled", len(unlabeled_paths) - len(kept))
-        unlabeled_paths = kept
+                     "as labeled", int(again.sum()))
+            unlabeled_paths = unlabeled_paths.take(~again)
     test_given = bool(config.test_dir) or (root / "test").is_dir()
     test_paths, test_targets = [], []
     if test_given:
         test_dir = _require_dir(config.test_dir or str(root / "test"), "test_dir")
         test_paths, test_targets, _ = _class_folders(test_dir, "test", classes)
-    all_targets = targets + [-1] * len(unlabeled_paths)
+    all_targets = np.concatenate([np.asarray(targets, np.int64), np.full(len(unlabeled_paths), -1)])
     return SourceData(
         classes=classes,
         train=FileImages(paths + unlabeled_paths, all_targets),
@@ -272,21 +277,23 @@ def _read_csv(path: Path, classes: list[str] | None = None):
     """Rows ``path,label`` (header optional; empty label = unlabeled); paths relative to the file."""
     if not path.is_file():
         raise DataError(f"CSV list {str(path)!r} does not exist")
-    rows = []
+    paths, row_labels, spelled = PathListBuilder(), [], {}
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:  # a BOM is dropped
             for row in csv.reader(handle):
                 if not row or row[0].strip().lower() in ("path", "image", "file", "filename"):
                     continue
                 label = row[1].strip() if len(row) > 1 else ""
+                row_labels.append(spelled.setdefault(label, label))  # one str per class, not per row
                 image = Path(row[0].strip())
-                rows.append((image if image.is_absolute() else path.parent / image, label))
+                paths.append(image if image.is_absolute() else path.parent / image)
     except (UnicodeDecodeError, csv.Error) as error:
         raise DataError(f"CSV list {str(path)!r} is not a readable UTF-8 CSV ({error})") from None
-    if not rows:
+    listed = paths.build()
+    if not len(listed):
         raise DataError(f"CSV list {str(path)!r} has no rows")
-    check_listed_once([p for p, _ in rows], [label for _, label in rows], f"CSV list {str(path)!r}")
-    found = sorted({label for _, label in rows if label})
+    check_listed_once(listed, row_labels, f"CSV list {str(path)!r}")
+    found = sorted(label for label in spelled if label)
     folded: dict[str, str] = {}
     for label in found:
         other = folded.setdefault(label.casefold(), label)
@@ -297,22 +304,29 @@ def _read_csv(path: Path, classes: list[str] | None = None):
     if not names:
         raise DataError(f"CSV list {str(path)!r} has no labeled rows")
     index = {name: k for k, name in enumerate(names)}
-    unknown = sorted({label for _, label in rows if label and label not in index})
+    unknown = sorted(label for label in spelled if label and label not in index)
     if unknown:
         raise DataError(f"CSV list {str(path)!r} has labels not in training: {unknown}")
-    targets = [index[label] if label else -1 for _, label in rows]
-    return [p for p, _ in rows], targets, names
+    codes = {label: index[label] if label else -1 for label in spelled}
+    return listed, np.fromiter((codes[label] for label in row_labels), np.int64, len(row_labels)), names
 
 
 def check_listed_once(paths: Sequence[str | Path], labels: Sequence[str], where: str) -> None:
     """An image may be listed once: twice (under any name of the same file) is an error
-    that says whether the two rows agree."""
+    that says whether the two rows agree. Memory: one 8-byte hash per row; only rows whose
+    hash repeats are compared by name."""
+    hashes = np.fromiter((hash(key) for key in iter_canonical(paths)), np.int64, len(paths))
+    order = np.argsort(hashes, kind="stable")
+    repeated = np.zeros(len(paths), bool)
+    same = hashes[order][1:] == hashes[order][:-1]
+    repeated[order[1:][same]] = repeated[order[:-1][same]] = True
     first: dict[str, int] = {}
-    for i, key in enumerate(canonical_paths(paths)):
+    for i in np.flatnonzero(repeated).tolist():
+        key = canonical_paths([paths[i]])[0]
         if key in first:
             j = first[key]
-            same = labels[i] == labels[j]
-            how = (f"twice with the same label {labels[i]!r}" if same else
+            agree = labels[i] == labels[j]
+            how = (f"twice with the same label {labels[i]!r}" if agree else
                    f"twice with different labels ({labels[j] or 'unlabeled'!r} and "
                    f"{labels[i] or 'unlabeled'!r})")
             raise DataError(f"{where} lists {str(paths[i])!r} {how}; list each image once")

@@ -19,6 +19,7 @@ import numpy as np
 from torch.utils.data import ConcatDataset
 
 from finessl.data.datasets import FileImages, SourceData, canonical_paths, probe_image
+from finessl.data.path_list import PathList
 from finessl.errors import DataError, shown
 
 log = logging.getLogger(__name__)
@@ -118,7 +119,7 @@ def apply_extra_labels(path: Path, source: SourceData, dataset_name: str) -> Ext
         added = FileImages(new_paths, new_labels)
         train = ConcatDataset([source.train, added])
         if getattr(source.train, "paths", None) is not None:  # still a list of files
-            train.paths = list(source.train.paths) + added.paths  # type: ignore[attr-defined]
+            train.paths = PathList.of(source.train.paths) + added.paths  # type: ignore[attr-defined]
         source = SourceData(source.classes, train,
                             np.concatenate([source.train_targets, np.full(len(added), -1)]),
                             source.test, source.labels_given)

@@ -192,6 +192,7 @@ class Trainer:
         self.seconds = 0.0
         self.skipped_images = 0
         self.last_metrics: dict | None = None
+        self.test_outputs: tuple[torch.Tensor, torch.Tensor] | None = None  # latest test logits, labels
         self.net = self.model
         if self.dist.enabled:  # the standard engine; unused = heads an algorithm leaves alone
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -388,9 +389,14 @@ class Trainer:
         logits, labels = predict_logits(self.model, self.test_loader, self.device, self.autocast)
         logits = self.dist.gather_uneven(logits.to(self.device)).cpu()
         labels = self.dist.gather_uneven(labels.to(self.device)).cpu()
-        if self.run is not None and self.dist.is_main:  # the latest test predictions, for reports
-            self.run.save_predictions(logits, labels)
+        self.test_outputs = (logits, labels)  # the latest, written for reports (train.test_predictions)
+        if self.config.train.test_predictions == "every":
+            self._save_test_outputs()
         return classification_metrics(logits, labels)
+
+    def _save_test_outputs(self) -> None:
+        if self.run is not None and self.dist.is_main and self.test_outputs is not None:
+            self.run.save_predictions(*self.test_outputs)
 
     # ------------------------------------------------------------------ the loop
 
@@ -524,6 +530,8 @@ class Trainer:
             found = None  # the kept step's estimate is the best one
             kept.update(self.best["estimate"])
         classes = self.data.classes
+        if self.config.train.test_predictions == "final":
+            self._save_test_outputs()
         final = {
             "top1": metrics.get("top1"),  # None without a test set
             "balanced_acc": metrics.get("balanced_acc"),
