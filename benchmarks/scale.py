@@ -23,6 +23,7 @@ process's peak RSS (``wait4``; image-decoding workers not counted):
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import signal
@@ -109,6 +110,25 @@ def audit_root(root: Path, pool: Path) -> Path:
     return folder
 
 
+def same_labels(out: Path, work: Path, size: int) -> bool | None:
+    """Whether a resumed ``label --threshold 0.5`` CSV equals the uninterrupted one: the
+    uninterrupted ``label`` run's CSV if there is one, else the ``predict`` CSV filtered to
+    confidence >= 0.5 (the same rows, formatted alike)."""
+    label, predict = work / f"label-{size}.csv", work / f"predict-{size}.csv"
+    if label.is_file():
+        return out.read_bytes() == label.read_bytes()
+    if not predict.is_file():
+        return None
+    def clear(rows):  # a confidence printed as 0.500000 may lie on either side of the threshold
+        return [r[:3] for r in rows if r[2] != "0.500000"]
+
+    with predict.open(newline="") as handle:
+        rows = list(csv.reader(handle))
+    kept = [rows[0]] + [r for r in rows[1:] if float(r[2]) >= 0.5]
+    with out.open(newline="") as handle:
+        return clear(csv.reader(handle)) == clear(kept)
+
+
 def run(command: list[str], code: Path, interrupt_when=None, launch: bool = True) -> dict:
     """Runs a finessl command from ``code``'s ``src`` in a fresh process (through a launcher
     that reports the process's own peak RSS); SIGINT once ``interrupt_when()`` is true."""
@@ -130,6 +150,30 @@ def run(command: list[str], code: Path, interrupt_when=None, launch: bool = True
             "interrupted": interrupted}
 
 
+def table(rows: list[dict]) -> str:
+    """Markdown: one row per command, before / after per pool size (the latest of each)."""
+    latest = {(r["label"], r["size"], r["command"]): r for r in rows}
+    sizes = sorted({r["size"] for r in rows})
+    commands = list(dict.fromkeys(r["command"] for r in rows))
+    head = "| command | " + " | ".join(f"{s:,}: s, img/s, peak MiB" for s in sizes) + " |"
+    lines = [head, "|---|" + "---:|" * len(sizes)]
+    for label in ("before", "after"):
+        for command in commands:
+            cells = []
+            for size in sizes:
+                r = latest.get((label, size, command))
+                if r is None:
+                    cells.append("")
+                    continue
+                rate = f"{r['images_per_s']:,}" if r.get("images_per_s") and r.get("scored", True) else "-"
+                peak = f"{r['peak_mib']:,}" if r.get("peak_mib") else "-"
+                flag = "" if r["rc"] in (0, None) or command == "label interrupted" else f" (rc {r['rc']})"
+                cells.append(f"{r['seconds']:,.1f} / {rate} / {peak}{flag}")
+            if any(cells):
+                lines.append(f"| {label}: {command} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
@@ -145,7 +189,11 @@ def main() -> None:
     parser.add_argument("--workers", default="1")
     parser.add_argument("--batch-size", default="256")
     parser.add_argument("--record", type=Path, default=Path("runs/scale/results.jsonl"))
+    parser.add_argument("--doc", action="store_true", help="print the recorded figures as a table")
     args = parser.parse_args()
+    if args.doc:
+        print(table([json.loads(line) for line in args.record.read_text().splitlines()]))
+        return
     streaming = (args.code / "src" / "finessl" / "pool_pass.py").is_file()
     args.folder.mkdir(parents=True, exist_ok=True)
     model = args.folder / f"run-{args.label}"  # trained by the code measured (its config keys)
@@ -206,7 +254,7 @@ def main() -> None:
     if "resume" in args.commands and streaming:
         size = args.resume_size or max(args.sizes)
         pool = pool_folder(args.folder, size)
-        whole, out = work / f"label-{size}.csv", work / f"label-resumed-{size}.csv"
+        out = work / f"label-resumed-{size}.csv"
         parts = Path(str(out) + ".parts")
         shards = -(-size // 10_000)
 
@@ -217,9 +265,9 @@ def main() -> None:
         first = run(command, args.code, interrupt_when=half_done)
         kept = len(list(parts.glob("shard-*.safetensors")))
         second = run(command, args.code)
-        same = whole.is_file() and out.read_bytes() == whole.read_bytes()
         record(size, "label interrupted", first, shards_kept=kept, of=shards)
-        record(size, "label resumed", second, shards_kept=kept, same_csv_as_uninterrupted=same)
+        record(size, "label resumed", second, shards_kept=kept,
+               same_csv_as_uninterrupted=same_labels(out, work, size))
     if "torchrun" in args.commands and streaming:
         size = args.torchrun_size
         pool = pool_folder(args.folder, size)

@@ -391,10 +391,9 @@ def cmd_label(args, overrides) -> int:
 
 
 def cmd_suggest(args, overrides) -> int:
-    from tqdm import tqdm
-
     from finessl.active.cold_start import cold_start
     from finessl.active.suggest import suggest, write_suggestions
+    from finessl.device import resolve_device
     from finessl.errors import ConfigError
 
     if args.run and (args.preset or args.config):
@@ -406,30 +405,16 @@ def cmd_suggest(args, overrides) -> int:
     args.resume = None
     config = None if args.run else _resolve_config(args, overrides)
     pool = args.paths or None
-    if config is not None:
-        check_writable(args.out, inputs=args.paths)
-        bar = tqdm(unit="img", disable=not sys.stderr.isatty(), desc="scoring the pool")
-        try:
-            report = cold_start(config, args.budget, pool=pool, strategy=args.strategy,
-                                seed=args.seed, batch_size=args.batch_size, workers=_workers(args),
-                                device=args.device, progress=bar.update)
-        finally:
-            bar.close()
+    with _pool_ranks(args, "scoring the pool") as (env, folder, bar):
+        common = dict(pool=pool, strategy=args.strategy, seed=args.seed, batch_size=args.batch_size,
+                      workers=_workers(args), device=str(resolve_device(args.device, env.local_rank)),
+                      progress=bar.update, folder=folder, shard_size=args.shard_size, env=env)
+        report = suggest(args.run, args.budget, **common) if config is None else \
+            cold_start(config, args.budget, **common)
+        if report is None:  # another torchrun rank: the main one chooses and writes
+            return 0
         with _open_out(args.out) as handle:
             write_suggestions(report, handle)
-    else:
-        from finessl.device import resolve_device
-
-        with _pool_ranks(args, "scoring the pool") as (env, folder, bar):
-            report = suggest(args.run, args.budget, pool=pool, strategy=args.strategy,
-                             seed=args.seed, batch_size=args.batch_size, workers=_workers(args),
-                             device=str(resolve_device(args.device, env.local_rank)),
-                             progress=bar.update, folder=folder, shard_size=args.shard_size,
-                             env=env)
-            if report is None:  # another torchrun rank: the main one chooses and writes
-                return 0
-            with _open_out(args.out) as handle:
-                write_suggestions(report, handle)
     if args.out and config is None:
         print(f"{len(report.suggestions)} images to label ({args.strategy}) written to {args.out}; "
               "add a label column (path,label) and train with --data.extra_labels FILE "

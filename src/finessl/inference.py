@@ -52,7 +52,7 @@ class PredictionReport:
     failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
 
 
-class _ImageFiles(Dataset):
+class ImageFiles(Dataset):
     """Images for inference: ``(tensor, position, "")``, or a placeholder and the reason
     for an unreadable file."""
 
@@ -89,7 +89,7 @@ class Predictor:
 
     def files(self, images: Sequence[str | Path]) -> Dataset:
         """``images`` as a dataset of ``(tensor, position, error)`` for ``pool_pass``."""
-        return _ImageFiles(images, self.transform, self.image_size)
+        return ImageFiles(images, self.transform, self.image_size)
 
     def autocast(self):
         """fp16 autocast on CUDA (inference needs no loss scaling), none elsewhere."""

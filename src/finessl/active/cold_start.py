@@ -19,26 +19,30 @@ from pathlib import Path
 
 import numpy as np
 
+from finessl.active.pool_scores import PoolImages, encoder_scorer, features_in_memory, pool_choice, score_pool
 from finessl.active.strategies import FEATURE_ONLY, STRATEGIES, Pool
-from finessl.active.suggest import Suggestion, SuggestionReport
+from finessl.active.suggest import SuggestionReport, named_report, shard_folder
 from finessl.audit.audit import encoder
-from finessl.audit.scan import scan
 from finessl.config import Config
 from finessl.data.augment import build_transforms
-from finessl.data.datasets import FileImages
-from finessl.data.extra_labels import item_id
 from finessl.data.ssl_data import build_ssl_data
+from finessl.distributed import DistEnv
 from finessl.errors import FinesslError
-from finessl.inference import collect_images
+from finessl.pool_pass import SHARD_SIZE
 
 log = logging.getLogger(__name__)
 
 
 def cold_start(config: Config, budget: int, pool: Sequence[str | Path] | None = None,
                strategy: str = "auto", seed: int = 0, batch_size: int = 128, workers: int = 0,
-               device: str = "auto", progress: Callable[[int], None] | None = None) -> SuggestionReport:
+               device: str = "auto", progress: Callable[[int], None] | None = None,
+               folder: Path | None = None, shard_size: int = SHARD_SIZE,
+               env: DistEnv | None = None) -> SuggestionReport | None:
     """The ``budget`` images of ``pool`` (default: the configuration's training pool) to label
-    first, most useful first."""
+    first, most useful first. The pool's features go to the shards of ``folder`` (default: a
+    temporary folder), as in ``suggest``; under torchrun the main rank chooses (the others
+    get None)."""
+    env = env or DistEnv()
     choose = STRATEGIES.get(strategy)
     if strategy not in (*FEATURE_ONLY, "auto"):
         raise FinesslError(f"--strategy {strategy} needs a trained model (--run); without one "
@@ -51,33 +55,17 @@ def cold_start(config: Config, budget: int, pool: Sequence[str | Path] | None = 
     transform = build_transforms(image_size, mean, std).test
     data = build_ssl_data(config.data, image_size, mean, std, config.seed, strong_views=0,
                           check_files=False, need_labels=False)
-
-    def features_of(source, indices, report=None):
-        return scan(encode, source, indices, transform, image_size, device_, batch_size, workers, report)
-
-    labeled = features_of(data.source.train, data.labeled_indices)
-    if pool:
-        files = collect_images(pool)
-        source = FileImages(files, np.full(len(files), -1))
-        found = features_of(source, np.arange(len(files)), progress)
-        names = [files[int(i)] for i in found.indices]
-    else:
-        own = np.setdiff1d(data.unlabeled_indices, data.labeled_indices)
-        if len(own) == 0:
-            raise FinesslError("the pool is empty; give images to choose from")
-        found = features_of(data.source.train, own, progress)
-        names = [item_id(config.data.name, data.source, int(i)) for i in found.indices]
-    if len(found) == 0:
-        raise FinesslError("no readable image in the pool")
-    failed = [(files[i] if pool else item_id(config.data.name, data.source, i), why)
-              for i, why in found.failed]
-    scores = Pool(None, found.features, labeled.features if len(labeled) else None,
-                  classes=len(data.classes))
-    picks = choose(scores, budget, np.random.default_rng(seed))
-    report = SuggestionReport(failed=failed, strategy=strategy, cold_start=True)
-    for pick in picks:
-        index = None if pool else int(found.indices[pick.index])
-        report.suggestions.append(Suggestion(names[pick.index], "", pick.score, pick.reason, index))
-    for path, reason in failed:
-        log.warning("skipped %s: %s", path, reason)
-    return report
+    choice = pool_choice(pool, data, config.data.name, transform, image_size)
+    score = encoder_scorer(encode)
+    model = f"{config.model.backbone} {config.model.pretrained} {image_size}"
+    with shard_folder(folder) as where:
+        store = score_pool(score, device_, choice.dataset, where,
+                           {"command": "cold start", "pool": choice.fingerprint, "model": model},
+                           batch_size, workers, shard_size, env, progress)
+        if not env.is_main:
+            return None
+        labeled = features_in_memory(score, device_, PoolImages(
+            data.source.train, data.labeled_indices, transform, image_size), batch_size, workers)
+        scores = Pool(None, store.rows("features"), labeled, classes=len(data.classes))
+        picks = choose(scores, budget, np.random.default_rng(seed))
+        return named_report(store, choice, picks, [""] * len(picks), strategy, cold_start=True)
