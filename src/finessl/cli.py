@@ -369,17 +369,22 @@ def cmd_label(args, overrides) -> int:
     from finessl.inference import confident_labels, iter_top_k
 
     args.backbone = None
+    _check_format(args)
     with _scored_pool(args, "label", 1) as scored:
         if scored is None:
             return 0
         store, images, predictor = scored
         rows = ((position, top[0][0], top[0][1]) for position, top in iter_top_k(store, predictor.classes))
         kept = confident_labels(rows, args.threshold, args.max_per_class)
-        with _open_out(args.out) as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["path", "label", "confidence"])
-            for position, label, confidence in kept:
-                writer.writerow([images[position], label, f"{confidence:.6f}"])
+        if args.format == "label-studio":
+            _write_studio_tasks(args, ((images[p], label, c) for p, label, c in kept),
+                                predictor.classes, f"finessl {Path(args.run).name}")
+        else:
+            with _open_out(args.out) as handle:
+                writer = csv.writer(handle)
+                writer.writerow(["path", "label", "confidence"])
+                for position, label, confidence in kept:
+                    writer.writerow([images[position], label, f"{confidence:.6f}"])
         failed = [(images[p], reason) for p, reason in store.failures()]
         readable = len(images) - len(failed)
     counts = Counter(label for _, label, _ in kept)
@@ -404,6 +409,7 @@ def cmd_suggest(args, overrides) -> int:
                           "--preset/--config (a cold start)")
     args.resume = None
     config = None if args.run else _resolve_config(args, overrides)
+    _check_format(args)
     pool = args.paths or None
     with _pool_ranks(args, "scoring the pool") as (env, folder, bar):
         common = dict(pool=pool, strategy=args.strategy, seed=args.seed, batch_size=args.batch_size,
@@ -413,8 +419,13 @@ def cmd_suggest(args, overrides) -> int:
             cold_start(config, args.budget, **common)
         if report is None:  # another torchrun rank: the main one chooses and writes
             return 0
-        with _open_out(args.out) as handle:
-            write_suggestions(report, handle)
+        if args.format == "label-studio":
+            model = f"finessl {Path(args.run).name}" if args.run else "finessl cold start"
+            _write_studio_tasks(args, ((s.id, s.predicted, s.score) for s in report.suggestions),
+                                report.classes, model)
+        else:
+            with _open_out(args.out) as handle:
+                write_suggestions(report, handle)
     if args.out and config is None:
         print(f"{len(report.suggestions)} images to label ({args.strategy}) written to {args.out}; "
               "add a label column (path,label) and train with --data.extra_labels FILE "
@@ -472,10 +483,14 @@ def cmd_loop(args, overrides) -> int:
 
 
 def cmd_report(args, overrides) -> int:
+    from finessl.eval.model_card import write_model_card
     from finessl.eval.report import write_comparison, write_report
 
     if len(args.run) == 1:
         page = write_report(args.run[0])
+        card = write_model_card(args.run[0])  # brought up to date (an audit since, say)
+        if card is not None:
+            print(f"model card written to {card}")
     else:
         page = write_comparison(args.run, args.out or "report-compare")
     print(f"report written to {page}")
@@ -581,6 +596,39 @@ def _image_pool_args(parser: argparse.ArgumentParser, sharded: bool = False) -> 
                                  "(other --strategy, --budget, --threshold) reuses the scored pool")
 
 
+def _format_args(parser: argparse.ArgumentParser) -> None:
+    """The output format of a list of images to label (suggest, label)."""
+    parser.add_argument("--format", choices=("csv", "label-studio"), default="csv",
+                        help="csv, or label-studio: import tasks (JSON) with the model's prediction "
+                             "to confirm or correct, and OUT's .label_config.xml for the project")
+    parser.add_argument("--label-studio-root", default="/",
+                        help="Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT (default /)")
+    parser.add_argument("--label-studio-url", default="/data/local-files/?d=",
+                        help="prefix of an image reference: how Label Studio serves the files")
+
+
+def _check_format(args) -> None:
+    from finessl.errors import ConfigError
+
+    if args.format == "label-studio" and not args.out:
+        raise ConfigError("--format label-studio needs --out FILE.json (its labeling config is "
+                          "written beside it)")
+
+
+def _write_studio_tasks(args, rows, classes: list[str], model_version: str) -> None:
+    """``--format label-studio``: the tasks at --out and the project's labeling config beside."""
+    from finessl.data.label_studio import ImageLinks, config_path, label_config, write_tasks
+    from finessl.rundir import atomic_write
+
+    links = ImageLinks(args.label_studio_root, args.label_studio_url)
+    with _open_out(args.out) as handle:
+        write_tasks(handle, rows, model_version, links)
+    config = config_path(Path(args.out))
+    atomic_write(config, lambda tmp: tmp.write_text(label_config(classes), encoding="utf-8"))
+    print(f"Label Studio: import {args.out} into a project whose labeling config is {config}",
+          file=sys.stderr)
+
+
 def _config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", help="a built-in preset (see 'finessl presets')")
     parser.add_argument("--config", help="a YAML config file")
@@ -657,6 +705,7 @@ def build_parser() -> argparse.ArgumentParser:
     label.add_argument("--threshold", type=unit_float, default=0.9)
     label.add_argument("--max-per-class", type=positive_int)
     _image_pool_args(label, sharded=True)
+    _format_args(label)
     label.set_defaults(func=cmd_label)
 
     from finessl.active.strategies import STRATEGIES
@@ -680,6 +729,7 @@ def build_parser() -> argparse.ArgumentParser:
     suggest.add_argument("--strategy", choices=strategies, default="auto")
     suggest.add_argument("--seed", type=non_negative_int, default=0)
     _image_pool_args(suggest, sharded=True)
+    _format_args(suggest)
     suggest.set_defaults(func=cmd_suggest)
 
     audit = sub.add_parser(

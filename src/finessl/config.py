@@ -82,9 +82,17 @@ class DataConfig:
     labels_per_class: int | None = opt(4, "labeled images per class (None = every labeled image; "
                                           "0 = none: every label from data.extra_labels, the cold "
                                           "start of finessl suggest)", ge=0)
-    extra_labels: str | None = opt(None, "CSV of labels added later (path or DATASET:INDEX, label), "
-                                         "e.g. from finessl suggest")
+    extra_labels: str | None = opt(None, "labels added later: a CSV (path or DATASET:INDEX, label), "
+                                         "e.g. from finessl suggest, or a Label Studio export (JSON, "
+                                         "JSON-MIN or CSV)")
     extra_labels_in_unlabeled: bool = opt(False, "keep the extra-labeled images in the unlabeled pool")
+    label_studio_root: str = opt("/", "Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT: image "
+                                      "references in its tasks and exports are relative to it")
+    label_studio_url: str = opt("/data/local-files/?d=", "how Label Studio serves the images: this "
+                                                         "prefix + the path below label_studio_root")
+    label_studio_conflicts: str = opt("majority", "annotators disagreeing in a Label Studio export: "
+                                                  "majority (a tie is left out) or reject",
+                                      choices=("majority", "reject"))
     exclude: str | None = opt(None, "CSV of images to leave out of training (path or DATASET:INDEX "
                                     "in the first column), e.g. finessl audit's exclude.csv")
     split: str = opt("random", "labeled draw: random (seeded) or first (the first N, as the "

@@ -30,7 +30,7 @@ from finessl.device import autocast_for, resolve_device, resolve_precision
 from finessl.distributed import init_distributed
 from finessl.engine.callbacks import Callback, LogProgress, run_callbacks
 from finessl.engine.trainer import Trainer
-from finessl.errors import ConfigError, TrainingInterrupted
+from finessl.errors import ConfigError, FinesslError, TrainingInterrupted
 from finessl.eval.metrics import classification_metrics, predict_logits
 from finessl.models import build_backbone
 from finessl.rundir import RunDir, write_json
@@ -135,13 +135,26 @@ def train(
                 run.write_config(config)
                 shown += run_callbacks(run, config)
             trainer.callbacks = shown
-            return trainer.fit()
+            final = trainer.fit()
+            if dist.is_main:
+                _card(run)
+            return final
     except BaseException as error:
         # A start that fails before the first checkpoint leaves no half-made run behind.
         failed_start = not isinstance(error, TrainingInterrupted) and not (run / RunDir.STATE).exists()
         if created and failed_start and dist.is_main and run.path.is_dir():
             shutil.rmtree(run.path, ignore_errors=True)
         raise
+
+
+def _card(run: RunDir) -> None:
+    """The finished run's model card (README.md); a problem with it never fails the run."""
+    from finessl.eval.model_card import write_model_card
+
+    try:
+        write_model_card(run.path)
+    except (FinesslError, OSError, ValueError) as error:
+        log.warning("no model card written for %s: %s", run.path, error)
 
 
 def _write_pool_filter(run: RunDir, pieces) -> None:

@@ -7,6 +7,7 @@
   adapter.safetensors            trainable weights only, with metadata naming the backbone
   state.safetensors              optimizer / schedule / algorithm state / RNG, to resume from
   test_predictions.safetensors   test-set logits (float16) and labels of the final model
+  README.md                      the model card (Hugging Face front matter, results, use)
   final.json                     final metrics; eval.json: a later re-evaluation
   tensorboard/, report/          event files; the HTML report
   metrics.csv, mlruns/, wandb/   the optional trackers (train.loggers)

@@ -68,4 +68,5 @@ def cold_start(config: Config, budget: int, pool: Sequence[str | Path] | None = 
             data.source.train, data.labeled_indices, transform, image_size), batch_size, workers)
         scores = Pool(None, store.rows("features"), labeled, classes=len(data.classes))
         picks = choose(scores, budget, np.random.default_rng(seed))
-        return named_report(store, choice, picks, [""] * len(picks), strategy, cold_start=True)
+        return named_report(store, choice, picks, [""] * len(picks), strategy, cold_start=True,
+                            classes=data.classes)

@@ -47,6 +47,7 @@ class SuggestionReport:
     failed: list[tuple[str, str]] = field(default_factory=list)
     strategy: str = ""
     cold_start: bool = False  # chosen before any model: no predicted class, a label to fill in
+    classes: list[str] = field(default_factory=list)  # the class names labels are chosen from
 
 
 def feature_scorer(predictor: Predictor) -> Scorer:
@@ -124,15 +125,15 @@ def suggest(run_dir: str | Path, budget: int, pool: Sequence[str | Path] | None 
         picks = choose(scores, budget, np.random.default_rng(seed))
         indices = np.asarray([p.index for p in picks], np.int64)
         predicted = [predictor.classes[int(k)] for k in probs[indices].argmax(axis=1)] if picks else []
-        return named_report(store, choice, picks, predicted, strategy)
+        return named_report(store, choice, picks, predicted, strategy, classes=predictor.classes)
 
 
 def named_report(store: ShardStore, choice: PoolChoice, picks: list[Pick], predicted: list[str],
-                 strategy: str, cold_start: bool = False) -> SuggestionReport:
+                 strategy: str, cold_start: bool = False, classes: Sequence[str] = ()) -> SuggestionReport:
     """The picks (indices into the scored rows) with their images' names, and the failures."""
     positions = store.positions()
     report = SuggestionReport(failed=[(choice.name(p), why) for p, why in store.failures()],
-                              strategy=strategy, cold_start=cold_start)
+                              strategy=strategy, cold_start=cold_start, classes=list(classes))
     for pick, label in zip(picks, predicted):
         position = int(positions[pick.index])
         report.suggestions.append(Suggestion(choice.name(position), label, pick.score, pick.reason,

@@ -18,7 +18,9 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import ConcatDataset
 
+from finessl.data import label_studio
 from finessl.data.datasets import FileImages, SourceData, canonical_paths, probe_image
+from finessl.data.label_studio import ImageLinks
 from finessl.data.path_list import PathList
 from finessl.errors import DataError, shown
 
@@ -57,12 +59,16 @@ class ExtraLabels:
     first_added: int  # indices from here on are files added by the list (not in the pool)
 
 
-def read_label_rows(path: Path) -> list[tuple[str, str]]:
-    """``(image, label)`` rows of a label list; a header row is optional."""
+def read_label_rows(path: Path, studio: ImageLinks | None = None,
+                    conflicts: str = "majority") -> list[tuple[str, str]]:
+    """``(image, label)`` rows of a label list (a header row is optional), or of a Label
+    Studio export (its images named as ``studio`` says)."""
     if path.is_dir():
         raise DataError(f"data.extra_labels {str(path)!r} is a folder; give a CSV file")
     if not path.is_file():
         raise DataError(f"data.extra_labels {str(path)!r} does not exist")
+    if label_studio.is_export(path):
+        return label_studio.read_export(path, studio or ImageLinks(), conflicts)
     rows = []
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
@@ -81,8 +87,9 @@ def read_label_rows(path: Path) -> list[tuple[str, str]]:
     return rows
 
 
-def apply_extra_labels(path: Path, source: SourceData, dataset_name: str) -> ExtraLabels:
-    rows = read_label_rows(path)
+def apply_extra_labels(path: Path, source: SourceData, dataset_name: str,
+                       studio: ImageLinks | None = None, conflicts: str = "majority") -> ExtraLabels:
+    rows = read_label_rows(path, studio, conflicts)
     classes = {name: k for k, name in enumerate(source.classes)}
     pool_paths = getattr(source.train, "paths", None) or []
     known = {key: i for i, key in enumerate(canonical_paths(pool_paths))}

@@ -20,6 +20,7 @@ from finessl.data.augment import Transforms, build_transforms, raw_transform
 from finessl.data.datasets import SourceData, canonical_paths, dataset_targets, load_source, probe_image
 from finessl.data.extra_labels import apply_extra_labels, check_agrees, listed_indices
 from finessl.data.gpu_augment import BatchAugment
+from finessl.data.label_studio import ImageLinks
 from finessl.data.splits import split_labeled_unlabeled
 from finessl.errors import DataError
 
@@ -164,8 +165,9 @@ def build_ssl_data(
     refuses a labeled set without any image (what training needs; choosing the first
     labels does not)."""
     source = source if source is not None else load_source(config, seed)
-    extra = apply_extra_labels(Path(config.extra_labels), source, config.name) \
-        if config.extra_labels else None
+    studio = ImageLinks(config.label_studio_root, config.label_studio_url)
+    extra = apply_extra_labels(Path(config.extra_labels), source, config.name, studio,
+                               config.label_studio_conflicts) if config.extra_labels else None
     if extra is not None:
         source = extra.source
     transforms = transforms or build_transforms(image_size, mean, std, config.strong_augment)
