@@ -127,3 +127,17 @@ def run_cli(capsys, argv, code=2):
     if code != 0:
         assert 1 <= len(lines) <= 3, err
     return err
+
+
+def trained_folder_run(base: Path, unlabeled: int, steps: int = 4):
+    """A smoke-preset run on a cat/dog image folder (2 labels per class): (root, run, config)."""
+    import finessl
+    from finessl.config import apply_overrides, load_preset
+
+    root = make_image_folder(base / "data", per_class=4, unlabeled=unlabeled)
+    config = apply_overrides(load_preset("smoke"), {
+        "data.name": "folder", "data.root": str(root), "data.labels_per_class": "2",
+        "train.steps": str(steps), "train.steps_per_epoch": "2", "train.tensorboard": "false"})
+    run = base / "run"
+    finessl.train(config, run, callbacks=[])
+    return root, run, config

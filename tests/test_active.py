@@ -88,14 +88,9 @@ def test_allocation_is_proportional_and_respects_capacity():
 
 @pytest.fixture(scope="module")
 def folder_run(tmp_path_factory):
-    from helpers import make_image_folder
+    from helpers import trained_folder_run
 
-    root = make_image_folder(tmp_path_factory.mktemp("al") / "data", per_class=4, unlabeled=10)
-    config = apply_overrides(load_preset("smoke"), {
-        "data.name": "folder", "data.root": str(root), "data.labels_per_class": "2",
-        "train.steps": "4", "train.steps_per_epoch": "2", "train.tensorboard": "false"})
-    run = root.parent / "run"
-    finessl.train(config, run, callbacks=[])
+    root, run, _ = trained_folder_run(tmp_path_factory.mktemp("al"), unlabeled=10)
     return root, run
 
 

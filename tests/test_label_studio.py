@@ -13,14 +13,13 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-import finessl
 from finessl.cli import main
-from finessl.config import apply_overrides, load_preset
+from finessl.config import apply_overrides
 from finessl.data.label_studio import ImageLinks, config_path, label_config, read_export
 from finessl.data.ssl_data import build_ssl_data
 from finessl.errors import DataError
 
-from helpers import make_image_folder
+from helpers import trained_folder_run
 
 URL = "/data/local-files/?d="
 
@@ -112,13 +111,7 @@ def test_multi_choice_annotations_are_refused(tmp_path):
 
 @pytest.fixture(scope="module")
 def folder_run(tmp_path_factory):
-    root = make_image_folder(tmp_path_factory.mktemp("ls") / "data", per_class=4, unlabeled=8)
-    config = apply_overrides(load_preset("smoke"), {
-        "data.name": "folder", "data.root": str(root), "data.labels_per_class": "2",
-        "train.steps": "2", "train.steps_per_epoch": "2", "train.tensorboard": "false"})
-    run = root.parent / "run"
-    finessl.train(config, run, callbacks=[])
-    return root, run, config
+    return trained_folder_run(tmp_path_factory.mktemp("ls"), unlabeled=8, steps=2)
 
 
 def test_suggest_to_label_studio_then_its_edited_export_trains(folder_run, tmp_path):
