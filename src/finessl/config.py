@@ -75,7 +75,7 @@ class DataConfig:
     """Which dataset, how it is split into labeled / unlabeled, and how it is loaded."""
 
     name: str = opt("cifar100", "dataset: cifar10, cifar100, food101, fashion-mnist, stl10, "
-                                "semi-aves, imagenet, folder, csv, synthetic")
+                                "semi-aves, imagenet, folder, csv, hf, synthetic")
     root: str = opt("data", "where the dataset's files are (or are downloaded to)")
     classes: list[str] | None = opt(None, "keep only these classes (names or indices), e.g. "
                                           "[T-shirt/top, Shirt]")
@@ -114,6 +114,13 @@ class DataConfig:
     test_dir: str | None = opt(None, "folder dataset: test_dir/<class>/* (default root/test)")
     csv: str | None = opt(None, "csv dataset: training list, rows path,label (empty = unlabeled)")
     test_csv: str | None = opt(None, "csv dataset: test list, rows path,label")
+    path: str | None = opt(None, "hf dataset: a Hugging Face datasets name on the Hub, or a local "
+                                 "folder (save_to_disk, or an imagefolder)")
+    train_split: str = opt("train", "hf dataset: the training split")
+    test_split: str | None = opt("test", "hf dataset: the test split (None or absent: no test set)")
+    unlabeled_split: str | None = opt(None, "hf dataset: a split of unlabeled images (labels ignored)")
+    image_column: str | None = opt(None, "hf dataset: the image column (None: the Image feature)")
+    label_column: str | None = opt(None, "hf dataset: the label column (None: the ClassLabel feature)")
     out_of_distribution: bool = opt(False, "semi-aves: add the out-of-distribution unlabeled pool")
     label_fraction: float | None = opt(None, "imagenet: labeled fraction per class", gt=0, le=1)
     subset_file: str | None = opt(None, "imagenet: file listing the labeled images (1percent.txt)")

@@ -134,7 +134,7 @@ def probe_image(path: str | Path) -> None:
     _open(path).close()
 
 
-def _to_rgb8(image: Image.Image) -> Image.Image:
+def to_rgb8(image: Image.Image) -> Image.Image:
     """RGB with 8 bits per channel; 16- and 32-bit grayscale is scaled, not clipped."""
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
         pixels = np.asarray(image, dtype=np.float64)
@@ -153,7 +153,7 @@ def load_image(path: str | Path) -> Image.Image:
     try:
         with image:
             image.load()
-            return _to_rgb8(upright(image))
+            return to_rgb8(upright(image))
     except (OSError, ValueError, SyntaxError) as error:
         raise DataError(f"image {str(path)!r} is not a readable image ({error})") from error
 
