@@ -129,9 +129,10 @@ def _judge_pool(config: Config, model: FinesslModel, data: SSLData, dist: DistEn
 
 def warm_start(model: FinesslModel, run_dir: str, classes: list[str]) -> None:
     """Starts from an earlier run's trained weights (PEFT and both heads)."""
+    from finessl.hub import local_run
     from finessl.rundir import RunDir
 
-    run = RunDir(run_dir)
+    run = RunDir(local_run(run_dir))  # a run folder, or hf-hub:USER/NAME
     state, meta = run.load_adapter()
     if list(meta["classes"]) != list(classes):
         raise ConfigError(f"model.init_from {run_dir}: that run has other classes than this data")

@@ -497,6 +497,14 @@ def cmd_report(args, overrides) -> int:
     return 0
 
 
+def cmd_push(args, overrides) -> int:
+    from finessl.hub import push
+
+    url = push(args.run, args.repo, private=args.private, token=args.token)
+    print(f"pushed {args.run} to {url}; use it as --run hf-hub:{args.repo}")
+    return 0
+
+
 def cmd_export(args, overrides) -> int:
     from finessl.inference import export, load
 
@@ -775,6 +783,18 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--run", required=True, action="append", help="run directory (repeatable)")
     report.add_argument("--out", help="folder of a comparison (default: report-compare)")
     report.set_defaults(func=cmd_report)
+
+    push = sub.add_parser("push", help="upload a finished run to the Hugging Face Hub",
+                          description="Uploads adapter.safetensors (PEFT weights, heads, class "
+                                      "names), config.yaml, final.json, metrics.jsonl and the model "
+                                      "card README.md; afterwards --run hf-hub:USER/NAME works "
+                                      "wherever a run is read (predict, label, suggest, eval, "
+                                      "export, estimate, --init-from).")
+    push.add_argument("--run", required=True, help="run directory")
+    push.add_argument("--repo", required=True, help="USER/NAME on the Hub")
+    push.add_argument("--private", action="store_true")
+    push.add_argument("--token", help="a Hub token (default: the one `hf auth login` saved)")
+    push.set_defaults(func=cmd_push)
 
     export = sub.add_parser("export", help="export a run as a standalone model (torch.export / ONNX)",
                             description="Input: float images [N, 3, S, S] in [0, 1] (the run's "

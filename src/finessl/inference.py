@@ -30,6 +30,7 @@ from finessl.data.path_list import PathList
 from finessl.device import autocast_for, resolve_device, resolve_precision
 from finessl.distributed import DistEnv
 from finessl.errors import DataError, FinesslError
+from finessl.hub import local_run
 from finessl.models import build_backbone, build_model
 from finessl.models.backbone_base import Backbone, ModuleBackbone
 from finessl.pool_pass import SHARD_SIZE, Scorer, ShardStore, file_fingerprint, pool_fingerprint, score_shards
@@ -157,11 +158,12 @@ def predict_pool(predictor: Predictor, images: PathList, folder: Path, command: 
 
 
 def load(run_dir: str | Path, device: str = "auto", backbone: nn.Module | None = None) -> Predictor:
-    """Rebuilds a trained model from a run directory (base model + adapter weights).
+    """Rebuilds a trained model from a run directory (base model + adapter weights), or
+    from a run pushed to the Hugging Face Hub (``hf-hub:USER/NAME``).
 
     The config, the adapter's metadata and the rebuilt frozen model must agree; a run whose
     files were damaged or edited is an error naming what differs."""
-    run = RunDir(run_dir)
+    run = RunDir(local_run(run_dir))  # hf-hub:USER/NAME: downloaded into the cache first
     config = run.read_config()
     state, meta = run.load_adapter()
     if meta.get("user_backbone") and backbone is None:

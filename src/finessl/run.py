@@ -216,8 +216,10 @@ def _write_or_show(path: Path, metrics: dict) -> Path | None:
 
 def evaluate(run_dir: str | Path, device: str = "auto") -> dict:
     """Re-evaluates a run on its test set with the run's precision; writes ``eval.json``."""
+    from finessl.hub import local_run
     from finessl.inference import load
 
+    run_dir = local_run(run_dir)  # a Hub run is evaluated (and its eval.json kept) in the cache
     predictor = load(run_dir, device)
     cfg = predictor.config
     _, test = build_test_set(cfg, predictor.model.backbone)
@@ -265,8 +267,10 @@ def run_outputs(run_dir: str | Path, device: str = "auto", pool: Sequence[str | 
     from finessl.data.datasets import FileImages
     from finessl.data.ssl_data import build_ssl_data
     from finessl.eval.estimate import PoolImages, data_outputs
+    from finessl.hub import local_run
     from finessl.inference import collect_images, load
 
+    run_dir = local_run(run_dir)
     predictor = load(run_dir, device)
     cfg = predictor.config
     data = build_ssl_data(cfg.data, predictor.image_size, predictor.mean, predictor.std, cfg.seed,

@@ -25,6 +25,7 @@ from finessl.data.augment import build_transforms
 from finessl.data.ssl_data import build_ssl_data
 from finessl.distributed import DistEnv
 from finessl.errors import FinesslError
+from finessl.hub import local_run
 from finessl.inference import Predictor, load
 from finessl.pool_pass import SHARD_SIZE, Scorer, ShardStore
 from finessl.rundir import RunDir
@@ -103,6 +104,7 @@ def suggest(run_dir: str | Path, budget: int, pool: Sequence[str | Path] | None 
     choose = STRATEGIES.get(strategy)
     if budget < 1:
         raise FinesslError("--budget must be at least 1")
+    run_dir = local_run(run_dir)  # hf-hub:USER/NAME: into the cache once
     predictor = load(run_dir, device)
     config = predictor.config
     transform = build_transforms(predictor.image_size, predictor.mean, predictor.std).test
