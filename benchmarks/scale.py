@@ -265,7 +265,8 @@ def main() -> None:
         first = run(command, args.code, interrupt_when=half_done)
         kept = len(list(parts.glob("shard-*.safetensors")))
         second = run(command, args.code)
-        record(size, "label interrupted", first, shards_kept=kept, of=shards)
+        record(size, "label interrupted", first, shards_kept=kept, of=shards,
+               interrupted=first["interrupted"])
         record(size, "label resumed", second, shards_kept=kept,
                same_csv_as_uninterrupted=same_labels(out, work, size))
     if "torchrun" in args.commands and streaming:
