@@ -119,7 +119,6 @@ class Predictor:
         report = PredictionReport()
         with tempfile.TemporaryDirectory(prefix="finessl-predict-") as tmp:
             store = ShardStore(Path(tmp), len(paths), SHARD_SIZE, {})
-            store.open(DistEnv())
             score_shards(store, self.files(paths), self.top_k_scorer(top_k), self.device, DistEnv(),
                          batch_size, workers)
             for position, top in iter_top_k(store, self.classes):
@@ -149,9 +148,6 @@ def predict_pool(predictor: Predictor, images: PathList, folder: Path, command: 
     job = {"command": command, "model": predictor.source, "pool": pool_fingerprint(images),
            "top_k": top_k}
     store = ShardStore(folder, len(images), shard_size, job)
-    done = store.open(env)
-    if done and env.is_main:
-        log.info("resuming: %d of %d shards of %s are already done", done, store.num_shards, folder)
     score_shards(store, predictor.files(images), predictor.top_k_scorer(top_k), predictor.device,
                  env, batch_size, workers, progress)
     return store

@@ -256,8 +256,12 @@ class _ShardBatches(Sampler[list[int]]):
 def score_shards(store: ShardStore, dataset: Dataset, score: Scorer, device: torch.device,
                  env: DistEnv, batch_size: int = 64, workers: int = 0,
                  progress: Callable[[int], None] | None = None) -> None:
-    """Scores this rank's unfinished shards of ``dataset`` (items ``(tensor, position,
-    error)``) and writes each as it completes; returns when every rank is done."""
+    """Opens the store (resuming: finished shards are kept), scores this rank's unfinished
+    shards of ``dataset`` (items ``(tensor, position, error)``) and writes each as it
+    completes; returns when every rank is done."""
+    done = store.open(env)
+    if done and env.is_main:
+        log.info("resuming: %d of %d shards in %s are already done", done, store.num_shards, store.folder)
     todo = store.todo(env)
     if todo:
         loader = DataLoader(dataset, batch_sampler=_ShardBatches(store, todo, batch_size),

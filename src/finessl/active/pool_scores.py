@@ -9,7 +9,6 @@ back (a path, or ``DATASET:INDEX`` for in-memory datasets).
 from __future__ import annotations
 
 import hashlib
-import logging
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,8 +24,6 @@ from finessl.distributed import DistEnv
 from finessl.errors import DataError, FinesslError
 from finessl.inference import ImageFiles, collect_images
 from finessl.pool_pass import SHARD_SIZE, Scorer, ShardStore, pool_fingerprint, score_shards
-
-log = logging.getLogger(__name__)
 
 
 class PoolImages(Dataset):
@@ -89,11 +86,8 @@ def score_pool(score: Scorer, device: torch.device, dataset: Dataset, folder: Pa
                env: DistEnv | None = None, progress: Callable[[int], None] | None = None) -> ShardStore:
     """``score`` of every image of ``dataset`` in the shards of ``folder`` (resumed if a killed
     run left some there), every rank its share."""
-    env = env or DistEnv()
     store = ShardStore(folder, len(dataset), shard_size, job)
-    if store.open(env) and env.is_main:
-        log.info("resuming the scoring of the pool from the shards in %s", folder)
-    score_shards(store, dataset, score, device, env, batch_size, workers, progress)
+    score_shards(store, dataset, score, device, env or DistEnv(), batch_size, workers, progress)
     return store
 
 
