@@ -135,7 +135,10 @@ def run(command: list[str], code: Path, interrupt_when=None, launch: bool = True
     env = {**os.environ, "PYTHONPATH": str(code / "src"), "HF_HUB_OFFLINE": "1"}
     began = time.time()
     argv = [sys.executable, *(["-c", LAUNCHER] if launch else []), *command]
-    process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A background shell starts its jobs with SIGINT ignored, and Python then never turns it
+    # into KeyboardInterrupt: give the command the default handling back.
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     interrupted = False
     if interrupt_when is not None:
         while process.poll() is None and not interrupt_when():
@@ -165,7 +168,8 @@ def table(rows: list[dict]) -> str:
                 if r is None:
                     cells.append("")
                     continue
-                rate = f"{r['images_per_s']:,}" if r.get("images_per_s") and r.get("scored", True) else "-"
+                whole = r.get("scored", True) and "interrupted" not in command and "resumed" not in command
+                rate = f"{r['images_per_s']:,}" if r.get("images_per_s") and whole else "-"
                 peak = f"{r['peak_mib']:,}" if r.get("peak_mib") else "-"
                 flag = "" if r["rc"] in (0, None) or command == "label interrupted" else f" (rc {r['rc']})"
                 cells.append(f"{r['seconds']:,.1f} / {rate} / {peak}{flag}")
@@ -190,9 +194,15 @@ def main() -> None:
     parser.add_argument("--batch-size", default="256")
     parser.add_argument("--record", type=Path, default=Path("runs/scale/results.jsonl"))
     parser.add_argument("--doc", action="store_true", help="print the recorded figures as a table")
+    parser.add_argument("--write", type=Path, help="with --doc: also into this file's scale section")
     args = parser.parse_args()
     if args.doc:
-        print(table([json.loads(line) for line in args.record.read_text().splitlines()]))
+        text = table([json.loads(line) for line in args.record.read_text().splitlines()])
+        print(text)
+        if args.write:
+            from harness import write_section
+
+            write_section(args.write, "scale", text + "\n")
         return
     streaming = (args.code / "src" / "finessl" / "pool_pass.py").is_file()
     args.folder.mkdir(parents=True, exist_ok=True)
