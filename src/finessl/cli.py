@@ -275,10 +275,6 @@ def _workers(args) -> int:
     return max(0, min(8, (os.cpu_count() or 1) - 1))
 
 
-def _report_failures(report) -> None:
-    _print_failures(report.failed)
-
-
 SHOWN_FAILURES = 20
 
 
@@ -434,7 +430,7 @@ def cmd_suggest(args, overrides) -> int:
         print(f"{len(report.suggestions)} images to label first ({args.strategy}) written to "
               f"{args.out}; fill in the label column and train with --data.labels_per_class 0 "
               "--data.extra_labels FILE", file=sys.stderr)
-    _report_failures(report)
+    _print_failures(report.failed)
     return 0
 
 
