@@ -107,6 +107,9 @@ class ShardStore:
         that it holds this job's shards; returns how many shards are already done."""
         manifest = self.folder / MANIFEST
         if env.is_main and not manifest.is_file():
+            if any(self.folder.glob("shard-*.safetensors")):
+                raise ForeignShards(f"{self.folder} holds shards but no {MANIFEST}, so which job "
+                                    "they belong to is unknown; remove the folder to start over")
             try:
                 self.folder.mkdir(parents=True, exist_ok=True)
             except OSError as error:
