@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset
@@ -68,6 +69,33 @@ class ImageFiles(Dataset):
             return self.transform(load_image(self.paths[index])), index, ""
         except DataError as error:
             return torch.zeros(3, self.image_size, self.image_size), index, str(error)
+
+
+class PoolImages(Dataset):
+    """Images of a training pool by index, test-transformed: ``(tensor, position, error)``
+    (a placeholder and the reason for an unreadable one)."""
+
+    def __init__(self, source: Dataset, indices, transform, image_size: int) -> None:
+        self.source, self.indices, self.transform = source, np.asarray(indices), transform
+        self.image_size = image_size
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def read(self, position: int) -> tuple[object | None, str]:
+        """(the untransformed image, "") or (None, why it cannot be read)."""
+        try:
+            image, _ = self.source[int(self.indices[position])]
+            return image, ""
+        except DataError as error:
+            return None, str(error)
+
+    def blank(self) -> torch.Tensor:
+        return torch.zeros(3, self.image_size, self.image_size)
+
+    def __getitem__(self, position: int):
+        image, error = self.read(position)
+        return (self.blank() if error else self.transform(image)), position, error
 
 
 @dataclass

@@ -15,7 +15,6 @@ mixed in — the command stops and says to remove the folder.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import shutil
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from finessl.data.path_list import PathList
 from finessl.distributed import DistEnv
 from finessl.errors import FinesslError
 from finessl.rundir import atomic_write
@@ -43,16 +43,8 @@ Scorer = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 
 
 def pool_fingerprint(paths: Sequence[str]) -> str:
-    """A digest of a list of image names (order included): equal lists, equal digests."""
-    digest = hashlib.blake2b(digest_size=16)
-    data, ends = getattr(paths, "_data", None), getattr(paths, "_ends", None)
-    if data is not None and ends is not None:  # a PathList: hash its two buffers
-        digest.update(data.tobytes())
-        digest.update(ends.tobytes())
-    else:
-        for name in paths:
-            digest.update(str(name).encode("utf-8", "surrogateescape") + b"\0")
-    return f"{len(paths)}:{digest.hexdigest()}"
+    """Which images, in which order: equal lists, equal fingerprints."""
+    return f"{len(paths)}:{PathList.of(paths).digest()}"
 
 
 def file_fingerprint(path: Path) -> str:

@@ -21,27 +21,9 @@ from torch.utils.data import Dataset
 from finessl.data.extra_labels import item_id
 from finessl.data.ssl_data import SSLData
 from finessl.distributed import DistEnv
-from finessl.errors import DataError, FinesslError
-from finessl.inference import ImageFiles, collect_images
+from finessl.errors import FinesslError
+from finessl.inference import ImageFiles, PoolImages, collect_images
 from finessl.pool_pass import SHARD_SIZE, Scorer, ShardStore, pool_fingerprint, score_shards
-
-
-class PoolImages(Dataset):
-    """Images of a training pool, test-transformed: ``(tensor, position, error)``."""
-
-    def __init__(self, source: Dataset, indices: np.ndarray, transform, image_size: int) -> None:
-        self.source, self.indices, self.transform = source, np.asarray(indices), transform
-        self.image_size = image_size
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, position: int):
-        try:
-            image, _ = self.source[int(self.indices[position])]
-            return self.transform(image), position, ""
-        except DataError as error:
-            return torch.zeros(3, self.image_size, self.image_size), position, str(error)
 
 
 @dataclass

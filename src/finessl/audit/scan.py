@@ -22,7 +22,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from finessl.audit.neighbours import normalise
-from finessl.errors import DataError
+from finessl.inference import PoolImages
 
 
 @dataclass
@@ -61,22 +61,13 @@ def pixel_digest(image) -> bytes:
     return hashlib.blake2b(pixels.tobytes() + str(pixels.shape).encode(), digest_size=16).digest()
 
 
-class _Items(Dataset):
-    """``(tensor, position, digest, width, height, error)`` per image of ``source``."""
-
-    def __init__(self, source: Dataset, indices: np.ndarray, transform, image_size: int) -> None:
-        self.source, self.indices, self.transform = source, np.asarray(indices), transform
-        self.image_size = image_size
-
-    def __len__(self) -> int:
-        return len(self.indices)
+class _Items(PoolImages):
+    """``(tensor, position, digest, thumbnail, width, height, error)`` per image of ``source``."""
 
     def __getitem__(self, position: int):
-        try:
-            image, _ = self.source[int(self.indices[position])]
-        except DataError as error:
-            return (torch.zeros(3, self.image_size, self.image_size), position, b"",
-                    torch.zeros(THUMB * THUMB), 0, 0, str(error))
+        image, error = self.read(position)
+        if error:
+            return self.blank(), position, b"", torch.zeros(THUMB * THUMB), 0, 0, error
         if not isinstance(image, Image.Image):  # not an image (a user's vectors): no thumbnail
             return (self.transform(image), position, pixel_digest(image), torch.zeros(THUMB * THUMB),
                     0, 0, "")

@@ -87,6 +87,14 @@ class PathList(Sequence[str]):
     def __repr__(self) -> str:
         return f"PathList({len(self)} paths, {self.nbytes / 1e6:.1f} MB)"
 
+    def digest(self) -> str:
+        """A digest of the names in order: equal lists, equal digests."""
+        import hashlib
+
+        hashed = hashlib.blake2b(self._data.tobytes(), digest_size=16)
+        hashed.update(self._ends.tobytes())
+        return hashed.hexdigest()
+
     @property
     def nbytes(self) -> int:
         return self._data.nbytes + self._ends.nbytes
