@@ -50,7 +50,7 @@ def explicit_attention(qkv: torch.Tensor, parts) -> torch.Tensor:
 def naive_step(model, algorithm, batch: Batch) -> torch.Tensor:
     """FineSSL's loss with all four views in one forward with gradients (reference style)."""
     cfg = algorithm.config
-    margins = balanced_margins(algorithm.pace.refresh(), cfg.margin_alpha)
+    margins = balanced_margins(algorithm.pace.refresh(), cfg.options("margins").alpha)
     n = batch.images.shape[0]
     logits, aux = model(torch.cat([batch.images, batch.weak, *batch.strong]), aux=True)
     lx, lw, ls = logits[:n], logits[n:2 * n], logits[2 * n:]
@@ -61,7 +61,7 @@ def naive_step(model, algorithm, batch: Batch) -> torch.Tensor:
     loss_x = margin_cross_entropy(lx, batch.labels, margins).mean()
     loss_x_aux = F.cross_entropy(ax, batch.labels)
     loss_u = (aux_conf.repeat(2) * margin_cross_entropy(ls, pseudo.repeat(2), margins)).mean()
-    soft = smoothed_targets(pseudo, algorithm.num_classes, cfg.smoothing).repeat(2, 1)
+    soft = smoothed_targets(pseudo, algorithm.num_classes, cfg.options("aux_head").smoothing).repeat(2, 1)
     loss_u_aux = masked_mean(soft_cross_entropy(as_, soft), selected.repeat(2))
     algorithm.pace.update(batch.unlabeled_index, pseudo, selected)
     return loss_x + loss_x_aux + 3.0 * loss_u + loss_u_aux

@@ -208,7 +208,7 @@ def test_every_algorithm_steps_and_checkpoints(name):
     cfg = AlgorithmConfig(name=name)
     a = build_algorithm(cfg, C, 8, total_steps=10)
     model = tiny_model()
-    result = a.step(model, tiny_batch(a.strong_views(cfg)))
+    result = a.step(model, tiny_batch(a.needs(cfg).strong_views))
     assert torch.isfinite(result.loss)
     result.loss.backward()
     state = a.state_dict()
@@ -237,7 +237,7 @@ def test_pseudolabel_unlabeled_weight_ramps_up_over_40_percent_of_training():
 
 def test_pseudolabel_trains_on_the_weak_view():
     a = algo("pseudolabel", num_classes=C, num_unlabeled=8, threshold=0.01, total_steps=10)
-    assert a.strong_views(a.config) == 0
+    assert a.needs(a.config).strong_views == 0
     model = tiny_model()
     batch = tiny_batch(0)
     result = a.step(model, batch)

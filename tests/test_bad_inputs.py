@@ -247,7 +247,7 @@ def test_damaged_files_are_one_line_and_untouched(capsys, run, image, tmp_path, 
     ({"model": {"backbone": "tiny-resnet"}}, "backbone"),
     ({"model": {"init_seed": 7}}, "init_seed"),
     ({"model": {"peft": "bitfit"}}, "does not fit"),
-    ({"model": {"vpt_tokens": 5}}, "does not fit"),
+    ({"model": {"vpt": {"tokens": 5}}}, "does not fit"),
 ])
 def test_an_edited_config_is_detected(capsys, run, image, edit, message):
     import yaml
@@ -266,7 +266,7 @@ def test_resume_with_an_edited_class_count_is_refused(capsys, run):
     import yaml
 
     config = yaml.safe_load((run / RunDir.CONFIG).read_text())
-    config["data"]["num_classes"] = 5
+    config["data"]["synthetic"]["classes"] = 5
     config["train"]["steps"] = 8
     (run / RunDir.CONFIG).write_text(yaml.safe_dump(config))
     before = digest(run)

@@ -7,8 +7,9 @@ import yaml
 
 import finessl
 from finessl.cli import main
-from finessl.eval.model_card import CARD, front_matter, write_model_card
+from finessl.eval.model_card import front_matter, write_model_card
 from finessl.eval.summary import summarise_run
+from finessl.rundir import RunDir
 
 
 def split_card(text: str) -> tuple[dict, str]:
@@ -20,7 +21,7 @@ def split_card(text: str) -> tuple[dict, str]:
 def test_a_finished_run_has_a_card_with_its_numbers(tmp_path, capsys):
     run = tmp_path / "run"
     final = finessl.train("smoke", run, callbacks=[])
-    meta, body = split_card((run / CARD).read_text())
+    meta, body = split_card((run / RunDir.CARD).read_text())
     assert meta["library_name"] == "finessl" and meta["pipeline_tag"] == "image-classification"
     assert {"peft-vpt-deep", "algorithm-finessl"} <= set(meta["tags"])
     assert meta["datasets"] == ["synthetic"] and "base_model" not in meta  # not a Hub id
@@ -37,7 +38,7 @@ def test_a_finished_run_has_a_card_with_its_numbers(tmp_path, capsys):
         "ood_fraction": 0.125, "duplicates": [[1, 2], [3, 4, 5]], "test_leaks": [[7, 8]],
         "label_suspects": [1, 2, 3]}))
     assert main(["report", "--run", str(run)]) == 0
-    _, body = split_card((run / CARD).read_text())
+    _, body = split_card((run / RunDir.CARD).read_text())
     assert "out-of-distribution share of the pool: 12.50 %" in body
     assert "near-duplicate groups: 2; test-set copies in training: 1" in body
     assert "seed labels that look wrong: 3" in body
@@ -46,8 +47,8 @@ def test_a_finished_run_has_a_card_with_its_numbers(tmp_path, capsys):
 def test_a_readme_of_your_own_is_never_overwritten(tmp_path):
     run = tmp_path / "run"
     finessl.train("smoke", run, callbacks=[])
-    (run / CARD).write_text("my notes\n")
-    assert write_model_card(run) is None and (run / CARD).read_text() == "my notes\n"
+    (run / RunDir.CARD).write_text("my notes\n")
+    assert write_model_card(run) is None and (run / RunDir.CARD).read_text() == "my notes\n"
 
 
 def test_a_hub_backbone_is_the_base_model(tmp_path):

@@ -90,7 +90,7 @@ def test_every_preset_builds_config_and_data_pipeline(preset, tmp_path):
     from finessl.algorithms import algorithm_class
     from finessl.models import build_model
 
-    views = algorithm_class(cfg.algorithm).strong_views(cfg.algorithm)
+    views = algorithm_class(cfg.algorithm).needs(cfg.algorithm).strong_views
     data = build_ssl_data(cfg.data, 32, MEAN, STD, cfg.seed, views)
     item = data.unlabeled[0]
     assert item["weak"].shape == (3, 32, 32) and len(item["strong"]) == views

@@ -1,9 +1,12 @@
-"""One way to assemble a run: backbone -> data -> model -> algorithm, from a Config.
+"""Every construction of a model or a run: backbone -> data -> model -> algorithm.
 
 ``train``, ``distill``, ``bench`` and ``suggest`` build everything with ``build_run``;
 ``evaluate`` and ``zeroshot`` only the backbone and the test set (``build_test_set``).
-Collaborators (a user's backbone, data, transforms, a SemiKD teacher, the process group)
-are passed in, never patched on afterwards.
+What an algorithm needs (strong views, collaborators such as SemiKD's teacher) it
+declares in ``needs``; the builder supplies it. A finished run's model is made again by
+``finessl.trained.rebuild`` (below the audit and inference, which need it too); the
+builder uses it for warm starts and hands it to the collaborators. A user's backbone,
+data and transforms and the process group are passed in, never patched on afterwards.
 """
 
 from __future__ import annotations
@@ -18,30 +21,49 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from finessl import __version__
-from finessl.algorithms import Algorithm, algorithm_class, build_algorithm
+from finessl.algorithms import Algorithm, Collaboration, algorithm_class, build_algorithm
 from finessl.audit.pool_filter import PoolFilter, judge_pool
-from finessl.config import Config, load_config, load_preset, validate_config
+from finessl.config import (
+    Config,
+    apply_overrides,
+    is_validated,
+    load_config,
+    load_preset,
+    mark_resolved,
+    validate_config,
+)
 from finessl.data.augment import Transforms, build_transforms
 from finessl.data.datasets import DATASETS, SourceData, load_source
 from finessl.data.ssl_data import LabeledView, SSLData, build_ssl_data, cap_indices, check_readable
 from finessl.distributed import DistEnv
-from finessl.errors import ConfigError, DataError
+from finessl.errors import AdapterMismatch, ConfigError, DataError
 from finessl.models import FinesslModel, build_backbone, build_model
 from finessl.models.backbone_base import Backbone, ModuleBackbone
 from finessl.models.backbones import check_backbone_name
 from finessl.models.peft.base import PEFT_METHODS, peft_names
+from finessl.trained import read_trained, rebuild
 
 
-def as_config(config: Config | str | Path | dict) -> Config:
-    """A Config from a Config, a preset name, a YAML path or a nested dict; validated."""
+def as_config(config: Config | str | Path | dict, overrides: dict[str, str] | None = None) -> Config:
+    """The one place a configuration is resolved: a Config, a preset name, a YAML path or a
+    nested dict, with ``overrides``, validated and its names checked. A Config resolved
+    before and unchanged since is returned as it is (``finessl train`` resolves it once)."""
     if isinstance(config, dict):
         from finessl.config import config_from_dict
 
-        config = config_from_dict(config)
+        config = config_from_dict(config, overrides)
     elif not isinstance(config, Config):
         path = Path(config)
-        config = load_config(path) if path.suffix in (".yaml", ".yml") else load_preset(str(config))
-    return validate_config(config)
+        config = load_config(path, overrides) if path.suffix in (".yaml", ".yml") \
+            else load_preset(str(config), overrides)
+    elif overrides:
+        config = apply_overrides(config, overrides)
+    if is_validated(config, "_resolved_as"):
+        return config
+    if not is_validated(config):
+        validate_config(config)
+    check_names(config)
+    return mark_resolved(config)
 
 
 def check_names(config: Config) -> None:
@@ -81,33 +103,37 @@ class RunPieces:
 
 def build_run(config: Config, *, backbone: nn.Module | None = None, source: SourceData | None = None,
               transforms: Transforms | None = None, dist: DistEnv | None = None,
-              teacher=None, check_files: bool = True,
+              collaborators: dict[str, Any] | None = None, check_files: bool = True,
               pool_filter: PoolFilter | None = None) -> RunPieces:
     """Builds the pieces of a run. ``backbone``: any module mapping a batch to ``[N, D]``
     features (default: ``config.model``); ``source`` / ``transforms``: your own data and
-    augmentations; ``teacher``: SemiKD's frozen teacher; ``pool_filter``: the images
-    ``algorithm.ood`` dropped before (a resumed run), else judged here."""
+    augmentations; ``collaborators``: ready-made objects for what the algorithm's ``needs``
+    declares (else made here); ``pool_filter``: the images ``algorithm.ood`` dropped before
+    (a resumed run), else judged here."""
     user_backbone = backbone is not None
     built = backbone if user_backbone else build_backbone(config.model)
     image_size = getattr(built, "image_size", config.model.image_size or 224)
     mean = getattr(built, "mean", (0.5, 0.5, 0.5))
     std = getattr(built, "std", (0.5, 0.5, 0.5))
-    strong_views = algorithm_class(config.algorithm).strong_views(config.algorithm)
-    data = build_ssl_data(config.data, image_size, mean, std, config.seed, strong_views,
+    needs = algorithm_class(config.algorithm).needs(config.algorithm)
+    data = build_ssl_data(config.data, image_size, mean, std, config.seed, needs.strong_views,
                           source=source, transforms=transforms, check_files=check_files)
     if user_backbone:
         built = wrap_backbone(built, data.test[0][0])
+    # Collaborators before the model: a teacher rebuilt here draws from the global RNG
+    # before the student's heads are initialised, as it always has.
+    given = collaborators or {}
+    made = Collaboration(config.algorithm, data.classes, built, rebuild)
+    context: dict[str, Any] = {name: given[name] if name in given else make(made)
+                               for name, make in needs.collaborators.items()}
     model = build_model(config.model, data.num_classes, backbone=built, classes=data.classes)
     if config.model.init_from:
         warm_start(model, config.model.init_from, data.classes)
     dist = dist or DistEnv()
-    if config.algorithm.ood != "none" and algorithm_class(config.algorithm).uses_unlabeled:
+    if config.algorithm.ood != "none" and needs.uses_unlabeled:
         pool_filter = pool_filter or _judge_pool(config, model, data, dist)
         data = data.without_unlabeled(pool_filter.excluded)
-    context: dict[str, Any] = {"total_steps": config.train.steps * config.train.accumulate,
-                               "dist": dist}
-    if teacher is not None:
-        context["teacher"] = wrap_teacher(teacher, data.classes, built)
+    context.update(total_steps=config.train.steps * config.train.accumulate, dist=dist)
     algorithm = build_algorithm(config.algorithm, data.num_classes, len(data.unlabeled), **context)
     return RunPieces(config, data, model, algorithm, run_metadata(config, model, data, user_backbone),
                      pool_filter)
@@ -129,28 +155,14 @@ def _judge_pool(config: Config, model: FinesslModel, data: SSLData, dist: DistEn
 
 def warm_start(model: FinesslModel, run_dir: str, classes: list[str]) -> None:
     """Starts from an earlier run's trained weights (PEFT and both heads)."""
-    from finessl.hub import local_run
-    from finessl.rundir import RunDir
-
-    run = RunDir(local_run(run_dir))  # a run folder, or hf-hub:USER/NAME
-    state, meta = run.load_adapter()
-    if list(meta["classes"]) != list(classes):
+    trained = read_trained(run_dir)
+    if list(trained.meta["classes"]) != list(classes):
         raise ConfigError(f"model.init_from {run_dir}: that run has other classes than this data")
-    problem = model.adapter_mismatch(state, meta)
-    if problem:
-        raise ConfigError(f"model.init_from {run_dir}: {problem}; a warm start needs the same "
-                          "backbone, weights, model.init_seed and PEFT method")
-    model.load_state_dict(state, strict=False)
-
-
-def wrap_teacher(teacher, classes: list[str], student: Backbone):
-    """A loaded teacher run, fed the student's images re-normalised for it."""
-    from finessl.algorithms.semikd import Teacher
-
-    if teacher.classes != list(classes):
-        raise ConfigError("the teacher was trained on other classes than this data")
-    return Teacher(teacher.model, teacher.image_size, teacher.mean, teacher.std,
-                   student.mean, student.std)
+    try:
+        model.load_trainable(trained.state, trained.meta)
+    except AdapterMismatch as error:
+        raise ConfigError(f"model.init_from {run_dir}: {error}; a warm start needs the same "
+                          "backbone, weights, model.init_seed and PEFT method") from None
 
 
 def run_metadata(config: Config, model: FinesslModel, data: SSLData, user_backbone: bool) -> dict:

@@ -54,40 +54,27 @@ def split_dotted(argv: list[str]) -> tuple[list[str], list[str]]:
     return rest, dotted
 
 
-def _resolve_config(args, overrides: dict[str, str], default=None):
-    """The configuration of a command: preset / config file / resumed run, then overrides;
-    validated and its names checked the same way for every command."""
-    from finessl.builder import check_names
-    from finessl.config import apply_overrides
-
-    config = _base_config(args, default)
-    config = apply_overrides(config, overrides)
-    check_names(config)
-    return config
-
-
-def _base_config(args, default):
+def _resolve_config(args, overrides: dict[str, str], default=None, run=None):
+    """The configuration of a command: preset / config file / the resumed ``run`` (a
+    RunDir) / ``default``, with the overrides; resolved once (``builder.as_config``), so
+    the library functions the command calls do not check it again."""
+    from finessl.builder import as_config
     from finessl.config import load_config, load_preset
     from finessl.errors import ConfigError
-    from finessl.rundir import RunDir
 
-    if getattr(args, "resume", None):
+    if run is not None:
         if args.preset or args.config:
             raise ConfigError("--resume continues a run with its own config; give overrides only")
-        run = RunDir(args.resume)
-        run.check_can_resume()
-        config = run.read_config()
-    elif args.preset and args.config:
+        return as_config(run.resume_config(), overrides)
+    if args.preset and args.config:
         raise ConfigError("give either --preset or --config, not both")
-    elif args.preset:
-        config = load_preset(args.preset)
-    elif args.config:
-        config = load_config(args.config)
-    elif default is not None:
-        config = default
-    else:
+    if args.config:
+        return as_config(load_config(args.config, overrides))
+    if args.preset:
+        return as_config(load_preset(args.preset, overrides))
+    if default is None:
         raise ConfigError("choose a configuration: --preset NAME (see 'finessl presets') or --config FILE")
-    return config
+    return as_config(default, overrides)
 
 
 class TqdmProgress:
@@ -146,12 +133,14 @@ def _summary(final: dict) -> str:
 
 def cmd_train(args, overrides) -> int:
     from finessl.run import train
+    from finessl.rundir import RunDir
 
     if args.init_from:
         overrides = {**overrides, "model.init_from": args.init_from}
-    config = _resolve_config(args, overrides)
+    resumed = RunDir(args.resume) if args.resume else None  # read once, here and in train
+    config = _resolve_config(args, overrides, run=resumed)
     output = Path(args.resume or args.output or f"runs/{config.algorithm.name}-{int(time.time())}")
-    final = train(config, output, callbacks=[_progress(config.train.log_every)],
+    final = train(config, resumed or output, callbacks=[_progress(config.train.log_every)],
                   resume=bool(args.resume))
     if os.environ.get("RANK", "0") == "0":
         print(f"{output}: {_summary(final)}")
@@ -403,7 +392,6 @@ def cmd_suggest(args, overrides) -> int:
     if args.run and overrides:
         raise ConfigError("--run suggests with the run's own configuration; overrides need "
                           "--preset/--config (a cold start)")
-    args.resume = None
     config = None if args.run else _resolve_config(args, overrides)
     _check_format(args)
     pool = args.paths or None
@@ -442,12 +430,11 @@ def cmd_audit(args, overrides) -> int:
     from finessl.errors import FinesslError
     from finessl.rundir import RunDir
 
-    args.resume = None
     own = RunDir(args.run).read_config() if args.run and not (args.preset or args.config) else None
     config = _resolve_config(args, overrides, default=own)
     if not args.out and not args.run:
         raise FinesslError("give --out DIR (where audit.json and the page go)")
-    out = Path(args.out) if args.out else Path(args.run) / "audit"
+    out = Path(args.out) if args.out else Path(args.run) / RunDir.AUDIT
     if out.exists() and not out.is_dir():
         raise FinesslError(f"--out {out} exists and is not a folder")
     settings = AuditSettings(batch_size=args.batch_size, workers=args.workers, device=args.device)
@@ -466,7 +453,6 @@ def cmd_audit(args, overrides) -> int:
 def cmd_loop(args, overrides) -> int:
     from finessl.active.loop import run_loop
 
-    args.resume = None
     config = _resolve_config(args, overrides)
     summary = run_loop(config, args.output, args.rounds, args.budget, args.strategy, args.seed,
                        cold=args.cold, callbacks=[_progress(config.train.log_every)],
@@ -514,7 +500,6 @@ def cmd_export(args, overrides) -> int:
 def cmd_zeroshot(args, overrides) -> int:
     from finessl.run import zeroshot
 
-    args.resume = None
     check_writable(args.out)
     metrics = zeroshot(_resolve_config(args, overrides), device=args.device)
     print(f"zero-shot top1 {metrics['top1']:.2f}  balanced_acc {metrics['balanced_acc']:.2f}  "
@@ -529,7 +514,6 @@ def cmd_zeroshot(args, overrides) -> int:
 def cmd_bench(args, overrides) -> int:
     from finessl.engine.bench import bench
 
-    args.resume = None
     result = bench(_resolve_config(args, overrides), steps=args.steps, warmup=args.warmup)
     memory = "CUDA max allocated" if result["device"].startswith("cuda") else "peak RSS"
     print(f"{result['device']} {result['precision']}: {result['seconds_per_step']:.3f} s/step, "
@@ -634,8 +618,10 @@ def _write_studio_tasks(args, rows, classes: list[str], model_version: str) -> N
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
+    """--preset / --config; a command with a configuration also takes --section.key overrides."""
     parser.add_argument("--preset", help="a built-in preset (see 'finessl presets')")
     parser.add_argument("--config", help="a YAML config file")
+    parser.set_defaults(takes_overrides=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -669,7 +655,7 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("--output", required=True)
     distill.add_argument("--preset", help="student configuration instead of the teacher's")
     distill.add_argument("--config")
-    distill.set_defaults(func=cmd_distill)
+    distill.set_defaults(func=cmd_distill, takes_overrides=True)
 
     evaluate = sub.add_parser("eval", help="re-evaluate a run on its test set")
     evaluate.add_argument("--run", required=True, help="run directory")
@@ -829,7 +815,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="offline demo: supervised vs FineSSL on Fashion-MNIST")
     demo.add_argument("--output", default="runs/demo", help="folder for the two runs")
-    demo.set_defaults(func=cmd_demo)
+    demo.set_defaults(func=cmd_demo, takes_overrides=True)
     return parser
 
 
@@ -853,8 +839,7 @@ def main(argv: list[str] | None = None) -> int:
     from finessl.errors import FinesslError, TrainingDiverged, TrainingInterrupted
 
     try:
-        if rest and args.command not in ("train", "demo", "zeroshot", "bench", "distill", "config",
-                                         "loop", "audit", "suggest"):
+        if rest and not getattr(args, "takes_overrides", False):
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         overrides = parse_overrides(rest) if rest else {}
         return args.func(args, overrides)

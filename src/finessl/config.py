@@ -7,6 +7,7 @@ resolved form, so ``load_config(run_dir / "config.yaml")`` rebuilds the exact ru
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import types
 import typing
@@ -18,27 +19,55 @@ from typing import Any
 import yaml
 
 from finessl.errors import ConfigError, shown
-from finessl.options import options_of
+from finessl.options import opt, options_of
 from finessl.registry import unknown_name_message
 
 
-def opt(default: Any, doc: str, *, choices: tuple | None = None, ge: float | None = None,
-        gt: float | None = None, le: float | None = None, lt: float | None = None,
-        length: int | None = None) -> Any:
-    """A config field with its one-line documentation and the values it accepts.
+class _MovedKeys:
+    """A section with method sections. A setting that moved into one (``data.csv`` is now
+    ``data.csv.train``) is still read and written under its old flat name, as on the
+    command line; any other unknown name is an error, never a silently ignored attribute."""
 
-    Checked by ``validate_config`` (and on every override); ``finessl config`` prints ``doc``.
-    For a list, ``choices`` and the bounds apply to each item and ``length`` to the list.
-    """
-    meta = {"doc": doc, "choices": choices, "ge": ge, "gt": gt, "le": le, "lt": lt,
-            "length": length}
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=meta)
-    return field(default=default, metadata=meta)
+    def _moved(self, name: str) -> tuple[str, str]:
+        alias = None if name.startswith("_") else _alias(_methods_field(self), name)
+        if alias is None:
+            raise AttributeError(f"{type(self).__name__} has no setting {name!r}")
+        return alias
+
+    def __getattr__(self, name: str) -> Any:  # only for names that are not fields
+        method, key = self._moved(name)
+        return getattr(self.options(method), key)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _field_names(type(self)) or name.startswith("_"):
+            object.__setattr__(self, name, value)
+            return
+        method, key = self._moved(name)
+        setattr(self.options(method), key, value)
 
 
+def _moved_keys_accepted(cls: type) -> type:
+    """Lets the constructor take moved settings by their old names too
+    (``AlgorithmConfig(margin_alpha=4)``), as ``__setattr__`` does."""
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def __init__(self, *args: Any, **values: Any) -> None:
+        moved = {k: values.pop(k) for k in list(values) if k not in _field_names(cls)}
+        init(self, *args, **values)
+        for key, value in moved.items():
+            try:
+                setattr(self, key, value)
+            except AttributeError as error:
+                raise TypeError(f"{cls.__name__}() got an unexpected keyword argument {key!r}") from error
+
+    cls.__init__ = __init__
+    return cls
+
+
+@_moved_keys_accepted
 @dataclass
-class ModelConfig:
+class ModelConfig(_MovedKeys):
     """Backbone, where its weights come from, and what of it is trained."""
 
     backbone: str = opt("ViT-B-16", "open_clip name, timm:NAME, or a built-in (efficientnet-lite0, "
@@ -70,8 +99,9 @@ class ModelConfig:
         return method_section(self, "model", method)
 
 
+@_moved_keys_accepted
 @dataclass
-class DataConfig:
+class DataConfig(_MovedKeys):
     """Which dataset, how it is split into labeled / unlabeled, and how it is loaded."""
 
     name: str = opt("cifar100", "dataset: cifar10, cifar100, food101, fashion-mnist, stl10, "
@@ -86,13 +116,6 @@ class DataConfig:
                                          "e.g. from finessl suggest, or a Label Studio export (JSON, "
                                          "JSON-MIN or CSV)")
     extra_labels_in_unlabeled: bool = opt(False, "keep the extra-labeled images in the unlabeled pool")
-    label_studio_root: str = opt("/", "Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT: image "
-                                      "references in its tasks and exports are relative to it")
-    label_studio_url: str = opt("/data/local-files/?d=", "how Label Studio serves the images: this "
-                                                         "prefix + the path below label_studio_root")
-    label_studio_conflicts: str = opt("majority", "annotators disagreeing in a Label Studio export: "
-                                                  "majority (a tie is left out) or reject",
-                                      choices=("majority", "reject"))
     exclude: str | None = opt(None, "CSV of images to leave out of training (path or DATASET:INDEX "
                                     "in the first column), e.g. finessl audit's exclude.csv")
     split: str = opt("random", "labeled draw: random (seeded) or first (the first N, as the "
@@ -109,28 +132,18 @@ class DataConfig:
     strong_augment: str = opt("reference", "strong views: reference (the authors' RandAugment, "
                                            "2 of 14 ops, magnitudes 1-9, 16/224 Cutout) or wide",
                               choices=("reference", "wide"))
-    labeled_dir: str | None = opt(None, "folder dataset: labeled_dir/<class>/* (default root/labeled)")
-    unlabeled_dir: str | None = opt(None, "folder dataset: unlabeled images (default root/unlabeled)")
-    test_dir: str | None = opt(None, "folder dataset: test_dir/<class>/* (default root/test)")
-    csv: str | None = opt(None, "csv dataset: training list, rows path,label (empty = unlabeled)")
-    test_csv: str | None = opt(None, "csv dataset: test list, rows path,label")
-    path: str | None = opt(None, "hf dataset: a Hugging Face datasets name on the Hub, or a local "
-                                 "folder (save_to_disk, or an imagefolder)")
-    train_split: str = opt("train", "hf dataset: the training split")
-    test_split: str | None = opt("test", "hf dataset: the test split (None or absent: no test set)")
-    unlabeled_split: str | None = opt(None, "hf dataset: a split of unlabeled images (labels ignored)")
-    image_column: str | None = opt(None, "hf dataset: the image column (None: the Image feature)")
-    label_column: str | None = opt(None, "hf dataset: the label column (None: the ClassLabel feature)")
-    out_of_distribution: bool = opt(False, "semi-aves: add the out-of-distribution unlabeled pool")
-    label_fraction: float | None = opt(None, "imagenet: labeled fraction per class", gt=0, le=1)
-    subset_file: str | None = opt(None, "imagenet: file listing the labeled images (1percent.txt)")
-    num_classes: int = opt(10, "synthetic dataset: classes", ge=2, le=100_000)
-    synthetic_size: int = opt(200, "synthetic dataset: training images", ge=1, le=10**8)
-    synthetic_test_size: int = opt(100, "synthetic dataset: test images", ge=1, le=10**8)
+    # Per-dataset sections (data.folder, data.csv, data.hf, data.imagenet, data.semi-aves,
+    # data.synthetic) and data.label_studio, declared beside each dataset.
+    methods: dict[str, Any] = field(default_factory=dict, metadata={"methods": "data"})
+
+    def options(self, method: str):
+        """The settings of a dataset (its defaults where not set)."""
+        return method_section(self, "data", method)
 
 
+@_moved_keys_accepted
 @dataclass
-class AlgorithmConfig:
+class AlgorithmConfig(_MovedKeys):
     """The SSL algorithm and its hyper-parameters (FineSSL defaults from the paper)."""
 
     name: str = opt("finessl", "finessl, supervised, pseudolabel, fixmatch, flexmatch, freematch, "
@@ -143,25 +156,12 @@ class AlgorithmConfig:
     unlabeled_warmup: float | None = opt(None, "fraction of training over which gamma ramps up "
                                                "from 0 (None = Pseudo-Label 0.4, others 0)",
                                          ge=0, le=1)
-    margin_alpha: float = opt(8.0, "balanced margin scale alpha", ge=0)
-    pace: str = opt("auto", "class pace behind the margins: reference (per-epoch counts), "
-                            "smoothed (running estimate), auto (smoothed below 10 classes)",
-                    choices=("reference", "smoothed", "auto"))
-    pace_momentum: float = opt(0.99, "smoothed pace: EMA momentum per step", ge=0, lt=1)
-    aux_weight: str = opt("auto", "L_u weights: confidence (c'), above_chance ((c' - 1/C) / "
-                                  "(1 - 1/C)), auto (above_chance below 10 classes)",
-                          choices=("confidence", "above_chance", "auto"))
-    smoothing: float = opt(0.5, "decoupled label smoothing lambda of the auxiliary targets",
-                           ge=0, lt=1)
-    aux_min_confidence: float = opt(0.0, "minimum auxiliary confidence th_min for L_u", ge=0, le=1)
     strong_views: int | None = opt(None, "strong views per unlabeled image (None = the "
                                          "algorithm's: FineSSL 2)", ge=0)
-    bms: bool | None = opt(None, "balanced margin softmax (None = the algorithm's default)")
-    bms_labeled: bool = opt(True, "margins on the labeled loss too (false: unlabeled only)")
-    margin_fixed: bool = opt(False, "margin scale alpha instead of alpha (max beta - min beta)")
+    bms: bool | None = opt(None, "balanced margin softmax (None = the algorithm's default; its "
+                                 "settings: algorithm.margins)")
     dls: bool | None = opt(None, "auxiliary head with decoupled label smoothing (None = the "
-                                 "algorithm's default)")
-    aux_stop_gradient: bool = opt(True, "the auxiliary head sees stop-gradient features")
+                                 "algorithm's default; its settings: algorithm.aux_head)")
     weighting: str | None = opt(None, "L_u weights: algorithm (its own mask), aux (auxiliary "
                                       "confidence, FineSSL), main (main confidence)",
                                 choices=(None, "algorithm", "aux", "main"))
@@ -169,7 +169,8 @@ class AlgorithmConfig:
     ood: str = opt("none", "out-of-distribution pool images: none (keep all), filter (drop the share "
                            "judged foreign before training), auto (filter when it is >= 50 %)",
                    choices=("none", "auto", "filter"))
-    # Per-algorithm sections (algorithm.softmatch, algorithm.semikd, ...), beside each algorithm.
+    # Per-algorithm sections (algorithm.softmatch, algorithm.semikd, ...), beside each algorithm,
+    # and FineSSL's parts (algorithm.margins, algorithm.aux_head) in algorithms/components.py.
     methods: dict[str, Any] = field(default_factory=dict, metadata={"methods": "algorithm"})
 
     def options(self, method: str):
@@ -247,6 +248,10 @@ class Config:
                 section.update(section.pop("methods"))
         return values
 
+    def to_flat(self) -> dict[str, Any]:
+        """Every key as the command line names it (``model.lora.rank``) with its value."""
+        return flatten(self.to_dict())
+
     def to_yaml(self) -> str:
         return yaml.dump(self.to_dict(), Dumper=_PlainDumper, sort_keys=False)
 
@@ -304,10 +309,15 @@ def methods_in_use(config: Config) -> dict[str, list[str]]:
     """The method sections the configured PEFT methods and algorithm read."""
     peft = [n.strip() for n in config.model.peft.split("+") if n.strip()]
     return {
-        "model": [m for m, e in options_of("model").items() if set(e.used_by) & set(peft)],
+        "model": [m for m, e in options_of("model").items() if e.used_with(set(peft))],
+        "data": [m for m, e in options_of("data").items() if e.used_with({config.data.name})],
         "algorithm": [m for m, e in options_of("algorithm").items()
-                      if config.algorithm.name in e.used_by],
+                      if e.used_with({config.algorithm.name})],
     }
+
+
+# The sections with method sections (and so with moved keys).
+SECTIONS = ("model", "data", "algorithm")
 
 
 def _alias(section_name: str, key: str) -> tuple[str, str] | None:
@@ -321,22 +331,42 @@ def _alias(section_name: str, key: str) -> tuple[str, str] | None:
 # --------------------------------------------------------------------------- building
 
 
-def config_from_dict(values: dict[str, Any]) -> Config:
-    """Builds a Config from a nested dict, rejecting unknown keys, wrong types and values."""
+def config_from_dict(values: dict[str, Any], overrides: dict[str, Any] | None = None) -> Config:
+    """Builds a Config from a nested dict (then dotted ``overrides``), rejecting unknown
+    keys, wrong types and values; validated once, with the overrides in."""
     config = Config()
-    for key, value in _flatten(values).items():
+    flat = flatten(values)
+    _check_set_once(flat)
+    for key, value in {**flat, **(overrides or {})}.items():
         set_value(config, key, value)
     return validate_config(config)
+
+
+def _check_set_once(flat: dict[str, Any]) -> None:
+    """A file setting one value under its old and its new key (``data.num_classes`` and
+    ``data.synthetic.classes``) would keep whichever comes last: refused instead."""
+    seen: dict[str, str] = {}
+    for key in flat:
+        parts = key.split(".")
+        alias = _alias(parts[0], parts[1]) if len(parts) == 2 and parts[0] in SECTIONS else None
+        canonical = ".".join([parts[0], *alias]) if alias else key
+        if canonical in seen:
+            raise ConfigError(f"config keys {seen[canonical]!r} and {key!r} are the same setting "
+                              f"({canonical}); keep one")
+        seen[canonical] = key
 
 
 def set_value(config: Config, dotted: str, value: Any) -> None:
     """Sets ``section.key`` (or a top-level key) with type checking and coercion."""
     parts = dotted.split(".")
-    if len(parts) == 2 and parts[0] in ("model", "algorithm"):
+    if len(parts) == 2 and parts[0] in SECTIONS:
         alias = _alias(parts[0], parts[1])
         if alias is not None:  # the old flat key of a method setting
-            parts = [parts[0], *alias]
-            dotted = ".".join(parts)
+            try:
+                set_value(config, ".".join([parts[0], *alias]), value)
+            except ConfigError as error:
+                raise ConfigError(f"{error} (set as {dotted})") from None
+            return
     target: Any = config
     for depth, part in enumerate(parts):
         names = [f.name for f in dataclasses.fields(target) if f.name != "methods"]
@@ -407,6 +437,28 @@ def validate_config(config: Config) -> Config:
     if set_elsewhere:
         raise ConfigError(f"algorithm.{set_elsewhere[0]} settings are only used by algorithm.name "
                           f"{set_elsewhere[0]}, not {config.algorithm.name}")
+    config.__dict__[_VALIDATED] = fingerprint(config)
+    return config
+
+
+# A Config remembers the fingerprint it was validated (and its names checked) with: one
+# changed since is checked again, one that is not is never checked twice.
+_VALIDATED, _RESOLVED = "_validated_as", "_resolved_as"
+
+
+def fingerprint(config: Config) -> int:
+    """Changes whenever any value of ``config`` does."""
+    return hash(repr(config.to_dict()))
+
+
+def is_validated(config: Config, stamp: str = _VALIDATED) -> bool:
+    """Whether ``config`` passed ``validate_config`` (or, with ``stamp="_resolved_as"``, the
+    builder's name checks too) and has not changed since."""
+    return config.__dict__.get(stamp) == fingerprint(config)
+
+
+def mark_resolved(config: Config) -> Config:
+    config.__dict__[_RESOLVED] = fingerprint(config)
     return config
 
 
@@ -433,6 +485,11 @@ def check_value(dotted: str, value: Any, meta) -> None:
         limit = meta.get(bound)
         if limit is not None and not test(value, limit):
             raise ConfigError(f"config key {dotted!r} must be {word} {limit}; got {shown(value)}")
+
+
+@functools.cache
+def _field_names(cls: type) -> frozenset[str]:
+    return frozenset(f.name for f in dataclasses.fields(cls))
 
 
 def _methods_field(obj: Any) -> str | None:
@@ -480,7 +537,7 @@ def read_yaml(path: Path, text: str | None = None) -> Any:
         raise ConfigError(f"cannot read {path}: {str(error)[:200]}") from None
 
 
-def load_config(path: str | Path) -> Config:
+def load_config(path: str | Path, overrides: dict[str, str] | None = None) -> Config:
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"config file {str(path)!r} is a folder; give a YAML file")
@@ -490,7 +547,7 @@ def load_config(path: str | Path) -> Config:
     values = {} if values is None else values
     if not isinstance(values, dict):
         raise ConfigError(f"{path} must hold a mapping of config sections")
-    return config_from_dict(values)
+    return config_from_dict(values, overrides)
 
 
 def describe(config: Config) -> str:
@@ -529,22 +586,23 @@ def preset_names() -> list[str]:
     return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
-def load_preset(name: str) -> Config:
+def load_preset(name: str, overrides: dict[str, str] | None = None) -> Config:
     if name not in preset_names():
         raise ConfigError(unknown_name_message("preset", name, preset_names()))
     resource = resources.files("finessl") / "presets" / f"{name}.yaml"
-    return config_from_dict(read_yaml(Path(str(resource)), resource.read_text()) or {})
+    return config_from_dict(read_yaml(Path(str(resource)), resource.read_text()) or {}, overrides)
 
 
 # --------------------------------------------------------------------------- helpers
 
 
-def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 0.1}}`` -> ``{"train.lr": 0.1}``: the keys as the command line names them."""
     flat: dict[str, Any] = {}
     for key, value in values.items():
         dotted = f"{prefix}{key}"
         if isinstance(value, dict):
-            flat.update(_flatten(value, dotted + "."))
+            flat.update(flatten(value, dotted + "."))
         else:
             flat[dotted] = value
     return flat

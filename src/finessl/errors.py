@@ -15,6 +15,10 @@ class DataError(FinesslError):
     """A dataset is missing, empty or malformed."""
 
 
+class AdapterMismatch(FinesslError):
+    """Trained weights do not fit the model they are loaded into (the message says why)."""
+
+
 class WeightsUnavailableError(FinesslError):
     """Pretrained weights could not be found or downloaded."""
 

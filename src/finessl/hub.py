@@ -21,8 +21,7 @@ from finessl.rundir import RunDir
 log = logging.getLogger(__name__)
 
 PREFIXES = ("hf-hub:", "hf://")
-CARD = "README.md"
-UPLOADED = (RunDir.ADAPTER, RunDir.CONFIG, RunDir.FINAL, RunDir.METRICS, CARD)
+UPLOADED = (RunDir.ADAPTER, RunDir.CONFIG, RunDir.FINAL, RunDir.METRICS, RunDir.CARD)
 
 
 def repo_of(name: str | os.PathLike) -> str | None:

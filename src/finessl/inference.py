@@ -8,7 +8,6 @@ are reported and counted, never fatal; a path that does not exist is an error.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import heapq
 import io
 import logging
@@ -31,11 +30,11 @@ from finessl.data.path_list import PathList
 from finessl.device import autocast_for, resolve_device, resolve_precision
 from finessl.distributed import DistEnv
 from finessl.errors import DataError, FinesslError
-from finessl.hub import local_run
-from finessl.models import build_backbone, build_model
-from finessl.models.backbone_base import Backbone, ModuleBackbone
+from finessl.models import build_backbone
+from finessl.models.backbone_base import Backbone
 from finessl.pool_pass import SHARD_SIZE, Scorer, ShardStore, file_fingerprint, pool_fingerprint, score_shards
 from finessl.rundir import RunDir, atomic_write
+from finessl.trained import rebuild
 
 log = logging.getLogger(__name__)
 
@@ -182,40 +181,14 @@ def predict_pool(predictor: Predictor, images: PathList, folder: Path, command: 
 
 
 def load(run_dir: str | Path, device: str = "auto", backbone: nn.Module | None = None) -> Predictor:
-    """Rebuilds a trained model from a run directory (base model + adapter weights), or
-    from a run pushed to the Hugging Face Hub (``hf-hub:USER/NAME``).
-
-    The config, the adapter's metadata and the rebuilt frozen model must agree; a run whose
-    files were damaged or edited is an error naming what differs."""
-    run = RunDir(local_run(run_dir))  # hf-hub:USER/NAME: downloaded into the cache first
-    config = run.read_config()
-    state, meta = run.load_adapter()
-    if meta.get("user_backbone") and backbone is None:
-        raise FinesslError("this run used a user-supplied backbone; pass it to load(backbone=...)")
-    if backbone is None:
-        backbone = build_backbone(config.model)
-    elif not isinstance(backbone, Backbone):
-        backbone = ModuleBackbone(backbone, meta["num_features"], meta["image_size"],
-                                  meta["mean"], meta["std"])
-    if backbone.num_features != meta["num_features"]:
-        raise run.damaged(f"the backbone gives {backbone.num_features} features, the adapter "
-                          f"expects {meta['num_features']}")
-    # The heads come from the adapter file, so there is no need to embed class names again.
-    model_config = dataclasses.replace(config.model, head_init="random")
-    try:
-        model = build_model(model_config, len(meta["classes"]), backbone=backbone)
-    except FinesslError as error:
-        raise run.damaged(f"config.yaml does not build its model ({error})") from None
-    problem = model.adapter_mismatch(state, meta)
-    if problem:
-        raise run.damaged(f"adapter.safetensors and config.yaml disagree: {problem} (another run's "
-                          "adapter, or an edited config)")
-    model.load_state_dict(state, strict=False)
-    target = resolve_device(device)
-    model.to(target).eval()
-    adapter = run.path / RunDir.ADAPTER
-    return Predictor(model, list(meta["classes"]), meta["image_size"], meta["mean"], meta["std"],
-                     target, config, meta, f"{run.path.resolve()} {file_fingerprint(adapter)}")
+    """A trained run (a folder, or ``hf-hub:USER/NAME``) as a Predictor: the model
+    ``finessl.trained.rebuild`` makes, with what reading new images needs."""
+    built = rebuild(run_dir, device, backbone)
+    trained = built.trained
+    adapter = trained.run.path / RunDir.ADAPTER
+    return Predictor(built.model, built.classes, built.image_size, built.mean, built.std,
+                     built.device, trained.config, trained.meta,
+                     f"{trained.run.path.resolve()} {file_fingerprint(adapter)}")
 
 
 class _PretrainedHead(nn.Module):

@@ -9,7 +9,6 @@ a lock keeps a second process out.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import random
 import shutil
@@ -22,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from finessl.audit.pool_filter import PoolFilter
-from finessl.builder import as_config, build_run, build_test_set, check_names
+from finessl.builder import as_config, build_run, build_test_set
 from finessl.config import Config, apply_overrides
 from finessl.data.augment import Transforms
 from finessl.data.datasets import SourceData
@@ -52,20 +51,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _flat(config: Config) -> dict:
-    def walk(values: dict, prefix: str = ""):
-        for key, value in values.items():
-            if isinstance(value, dict):
-                yield from walk(value, f"{prefix}{key}.")
-            else:
-                yield f"{prefix}{key}", value
-
-    return dict(walk(dataclasses.asdict(config)))
-
-
 def check_resume_changes(saved: Config, config: Config, run: RunDir) -> None:
     """A resumed run may change engine settings only; anything else would not fit its state."""
-    before, after = _flat(saved), _flat(config)
+    before, after = saved.to_flat(), config.to_flat()
     changed = [k for k in after if before.get(k) != after[k] and k not in RESUMABLE_CHANGES]
     if changed:
         key = changed[0]
@@ -75,7 +63,7 @@ def check_resume_changes(saved: Config, config: Config, run: RunDir) -> None:
 
 def train(
     config: Config | str | Path | dict,
-    output: str | Path,
+    output: str | Path | RunDir,
     *,
     backbone: nn.Module | None = None,
     source: SourceData | None = None,
@@ -89,22 +77,20 @@ def train(
     module mapping a batch to ``[N, D]`` features (defaults to ``config.model``).
     ``source``: your own images/labels (see ``SourceData``); ``transforms``: your own
     ``Transforms`` (weak / strong / test), e.g. for non-image data. ``resume``: continue
-    the run in ``output`` from its last checkpoint.
+    the run in ``output`` from its last checkpoint (a ``RunDir`` whose ``resume_config``
+    was read already is not read again).
     """
     config = as_config(config)
-    check_names(config)
-    run = RunDir(output)
+    run = output if isinstance(output, RunDir) else RunDir(output)
     if resume:
-        run.check_can_resume()
-        check_resume_changes(run.read_config(), config, run)
+        check_resume_changes(run.resume_config(), config, run)
     else:
         run.check_can_start()
     dist = init_distributed(resolve_device(config.train.device).type)
     seed_everything(config.seed)
-    teacher = _load_teacher(config) if config.algorithm.name == "semikd" else None
     dropped = run.read_ood_excluded() if resume and config.algorithm.ood != "none" else None
     pieces = build_run(config, backbone=backbone, source=source, transforms=transforms, dist=dist,
-                       teacher=teacher, pool_filter=None if dropped is None else
+                       pool_filter=None if dropped is None else
                        PoolFilter(dropped, np.zeros(len(dropped)), float("nan")))
     shown = list(callbacks) if callbacks is not None else [LogProgress(config.train.log_every)]
     trainer = Trainer(config, pieces.model, pieces.algorithm, pieces.data, run, metadata=pieces.metadata,
@@ -169,39 +155,22 @@ def _write_pool_filter(run: RunDir, pieces) -> None:
                             for i, s in zip(verdict.excluded, verdict.scores)])
 
 
-def _load_teacher(config: Config):
-    """The trained run SemiKD distills from (frozen, on the CPU until the first step)."""
-    from finessl.inference import load
-
-    teacher = config.algorithm.options("semikd").teacher
-    if not teacher:
-        raise ConfigError("semikd needs a teacher: finessl distill --teacher RUN_DIR (or "
-                          "--algorithm.semikd.teacher RUN_DIR)")
-    return load(teacher, device="cpu")
-
-
 def distill(teacher_dir: str | Path, output: str | Path, config: Config | None = None,
             overrides: dict[str, str] | None = None, callbacks: Sequence[Callback] | None = None,
             resume: bool = False) -> dict:
     """SemiKD: trains a student run whose teacher is the trained run in ``teacher_dir``.
 
     Without ``config`` the teacher's own configuration is the base, with the paper's
-    student (``DISTILL_DEFAULTS``); ``overrides`` apply last.
+    student (``finessl.algorithms.DISTILLATION``); ``overrides`` apply last.
     """
+    from finessl.algorithms import DISTILLATION
+
     teacher_dir = Path(teacher_dir)
     if config is None:
-        config = apply_overrides(RunDir(teacher_dir).read_config(), DISTILL_DEFAULTS)
+        config = apply_overrides(RunDir(teacher_dir).read_config(), DISTILLATION.student)
     config = apply_overrides(config, {**(overrides or {}),
-                                      "algorithm.semikd.teacher": str(teacher_dir)})
+                                      DISTILLATION.teacher_key: str(teacher_dir)})
     return train(config, output, callbacks=callbacks, resume=resume)
-
-
-# The student of the paper's distillation: ImageNet-21k ViT-S/16 with VPT, SemiKD losses.
-DISTILL_DEFAULTS = {
-    "model.backbone": "timm:vit_small_patch16_224.augreg_in21k", "model.pretrained": "default",
-    "model.peft": "vpt-deep", "algorithm.name": "semikd", "algorithm.margin_alpha": "10",
-    "algorithm.uratio": "2", "algorithm.unlabeled_weight": "5", "algorithm.strong_views": "1",
-}
 
 
 def _write_or_show(path: Path, metrics: dict) -> Path | None:

@@ -24,6 +24,7 @@ reported as one line naming it.
 from __future__ import annotations
 
 import contextlib
+import copy
 import errno
 import fcntl
 import json
@@ -171,7 +172,9 @@ class RunDir:
     REPORT = "report"
     CSV = "metrics.csv"
     OOD_EXCLUDED = "ood_excluded.csv"
-    AUDIT = "audit"
+    AUDIT = "audit"  # finessl audit --run: its files are named in finessl.audit.output
+    AUDIT_SUMMARY = "audit.json"  # inside AUDIT
+    CARD = "README.md"  # the model card (a user's own README.md is left alone)
     MLRUNS = "mlruns"
     WANDB = "wandb"
     LOCK = ".lock"
@@ -181,6 +184,7 @@ class RunDir:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self._resumed = None  # the run's config, once resume_config has checked and read it
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
@@ -233,6 +237,14 @@ class RunDir:
 
     def has_state(self) -> bool:
         return (self.path / self.STATE).is_file()
+
+    def resume_config(self):
+        """The configuration of the run to continue: checked (``check_can_resume``) and read
+        once per RunDir, however many parts of a resume ask; each caller gets its own copy."""
+        if self._resumed is None:
+            self.check_can_resume()
+            self._resumed = self.read_config()
+        return copy.deepcopy(self._resumed)
 
     def check_can_resume(self) -> None:
         """A run with a checkpoint, or one stopped before its first (it restarts at step 0)."""
@@ -356,7 +368,8 @@ class RunDir:
         atomic_write(self.path / self.STATE, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
     def load_state(self) -> dict[str, Any]:
-        self.check_can_resume()
+        if self._resumed is None:  # resume_config checked it already
+            self.check_can_resume()
         tensors, meta = self._read_safetensors(self.STATE)
         if meta.get("format") != STATE_FORMAT:
             raise self.damaged(f"{self.STATE} is not a finessl training state")

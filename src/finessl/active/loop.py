@@ -81,7 +81,9 @@ def check_same_loop(output: Path, plan: dict) -> None:
                            "would be reused under the new setting. Choose another --output")
 
 
+# The loop folder holds round0/, round1/ ... (run directories), labelsN.csv and these two.
 PLAN = "loop-plan.json"
+SUMMARY = "loop.json"  # one line per round: extra labels, top-1, time
 
 
 def reveal_into(config: Config, labels_file: Path, report: SuggestionReport,
@@ -145,5 +147,5 @@ def run_loop(config: Config, output: str | Path, rounds: int, budget: int, strat
                         "balanced_acc": final["balanced_acc"], "seconds": final["seconds"],
                         "strategy": strategy, "seed": seed})
         log.info("round %d: %d extra labels, top1 %.2f", round_, len(rows), final["top1"])
-    write_json(output / "loop.json", summary)
+    write_json(output / SUMMARY, summary)
     return summary

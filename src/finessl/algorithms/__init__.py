@@ -15,11 +15,16 @@ from finessl.algorithms.base import (
     ALGORITHMS,
     Algorithm,
     Batch,
+    Collaboration,
+    Needs,
     StepResult,
     algorithm_class,
     build_algorithm,
     trains_aux_head,
 )
 
-__all__ = ["ALGORITHMS", "Algorithm", "Batch", "StepResult", "algorithm_class", "build_algorithm",
-           "trains_aux_head"]
+# What ``finessl distill`` trains: SemiKD's student over the teacher's configuration.
+DISTILLATION = semikd.Distillation()
+
+__all__ = ["ALGORITHMS", "DISTILLATION", "Algorithm", "Batch", "Collaboration", "Needs", "StepResult",
+           "algorithm_class", "build_algorithm", "trains_aux_head"]

@@ -1,16 +1,21 @@
-"""The algorithm interface: ``step(model, batch) -> loss + logs``, state kept as buffers."""
+"""The algorithm interface: ``step(model, batch) -> loss + logs``, state kept as buffers,
+and ``needs(config) -> Needs``: what the run must provide (views, batch shape, collaborators)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from finessl.config import AlgorithmConfig
 from finessl.distributed import DistEnv
 from finessl.registry import Registry
+
+if TYPE_CHECKING:  # types only: config finds this module (options.discover), not the reverse
+    from finessl.config import AlgorithmConfig
+    from finessl.models.backbone_base import Backbone
 
 
 @dataclass
@@ -48,6 +53,36 @@ class StepResult:
     terms: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Collaboration:
+    """What a collaborator is made from: the algorithm's settings, the run's classes and
+    student backbone, and ``rebuild(run_dir, device)`` (``finessl.trained.rebuild``: a
+    trained run as a model), handed in so that an algorithm never imports the builder."""
+
+    config: AlgorithmConfig
+    classes: list[str]
+    backbone: Backbone
+    rebuild: Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What an algorithm asks of the run it is built into. The builder makes the data views
+    and the collaborators from it, the trainer sizes its batches by it; neither reads
+    ``config.algorithm`` for these.
+
+    ``collaborators``: keyword -> a function of a ``Collaboration`` making the object the
+    algorithm's constructor receives under that keyword (SemiKD: its frozen teacher)."""
+
+    strong_views: int = 0  # strong views of each unlabeled image
+    unlabeled_ratio: int = 0  # unlabeled images per labeled one in a batch; 0: no unlabeled batch
+    collaborators: Mapping[str, Callable[[Collaboration], Any]] = field(default_factory=dict)
+
+    @property
+    def uses_unlabeled(self) -> bool:
+        return self.unlabeled_ratio > 0
+
+
 class Algorithm(nn.Module):
     """Base class. Subclasses own their state as buffers, so it is checkpointed with them.
 
@@ -57,7 +92,7 @@ class Algorithm(nn.Module):
 
     Collaborators come in the constructor: ``total_steps`` (the run's length, for
     warm-ups), ``dist`` (under torchrun: state updates then see the global batch) and
-    algorithm-specific ones (SemiKD's ``teacher``).
+    the ones ``needs`` declares (SemiKD's ``teacher``), made by the builder.
     """
 
     name = "algorithm"
@@ -81,9 +116,11 @@ class Algorithm(nn.Module):
         return cls.defaults[key] if value is None else value
 
     @classmethod
-    def strong_views(cls, config: AlgorithmConfig) -> int:
-        """How many strong views of each unlabeled image the data pipeline must produce."""
-        return cls.option(config, "strong_views") if cls.uses_unlabeled else 0
+    def needs(cls, config: AlgorithmConfig) -> Needs:
+        """What the run must provide: strong views, the unlabeled batch, collaborators."""
+        if not cls.uses_unlabeled:
+            return Needs()
+        return Needs(strong_views=cls.option(config, "strong_views"), unlabeled_ratio=config.uratio)
 
     def on_epoch_start(self, epoch: int) -> None:
         """Called before the first step of every epoch."""
@@ -101,7 +138,8 @@ ALGORITHMS: Registry[Callable[..., Algorithm]] = Registry("algorithm")
 
 def build_algorithm(config: AlgorithmConfig, num_classes: int, num_unlabeled: int,
                     **context) -> Algorithm:
-    """The configured algorithm; ``context``: ``total_steps``, ``dist``, ``teacher`` ..."""
+    """The configured algorithm; ``context``: ``total_steps``, ``dist`` and the collaborators
+    its ``needs`` declares."""
     return ALGORITHMS.get(config.name)(config, num_classes, num_unlabeled, **context)
 
 

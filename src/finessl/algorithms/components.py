@@ -2,11 +2,48 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from finessl.errors import ConfigError
+from finessl.options import EVERY_METHOD, method_options, opt
+
+
+# FineSSL's two parts plug into every algorithm (``algorithm.bms`` / ``algorithm.dls`` turn
+# them on), so their settings are sections of every algorithm's configuration.
+@method_options("algorithm", "margins", used_by=EVERY_METHOD,
+                aliases={"margin_alpha": "alpha", "pace": "pace", "pace_momentum": "pace_momentum",
+                         "bms_labeled": "on_labeled", "margin_fixed": "fixed"})
+@dataclass
+class MarginOptions:
+    """Balanced margin softmax (``algorithm.bms``): the margins and the class pace behind them."""
+
+    alpha: float = opt(8.0, "balanced margin scale alpha", ge=0)
+    pace: str = opt("auto", "class pace behind the margins: reference (per-epoch counts), "
+                            "smoothed (running estimate), auto (smoothed below 10 classes)",
+                    choices=("reference", "smoothed", "auto"))
+    pace_momentum: float = opt(0.99, "smoothed pace: EMA momentum per step", ge=0, lt=1)
+    on_labeled: bool = opt(True, "margins on the labeled loss too (false: unlabeled only)")
+    fixed: bool = opt(False, "margin scale alpha instead of alpha (max beta - min beta)")
+
+
+@method_options("algorithm", "aux_head", used_by=EVERY_METHOD,
+                aliases={"aux_weight": "weight", "smoothing": "smoothing",
+                         "aux_min_confidence": "min_confidence", "aux_stop_gradient": "stop_gradient"})
+@dataclass
+class AuxHeadOptions:
+    """The auxiliary head with decoupled label smoothing (``algorithm.dls``)."""
+
+    weight: str = opt("auto", "L_u weights: confidence (c'), above_chance ((c' - 1/C) / "
+                              "(1 - 1/C)), auto (above_chance below 10 classes)",
+                      choices=("confidence", "above_chance", "auto"))
+    smoothing: float = opt(0.5, "decoupled label smoothing lambda of the auxiliary targets",
+                           ge=0, lt=1)
+    min_confidence: float = opt(0.0, "minimum auxiliary confidence th_min for L_u", ge=0, le=1)
+    stop_gradient: bool = opt(True, "the auxiliary head sees stop-gradient features")
 
 
 class ClassPace(nn.Module):
@@ -109,8 +146,8 @@ def resolve_auto(rule: str, choices: tuple[str, ...], few_class_form: str, num_c
 
 
 def build_pace(rule: str, num_unlabeled: int, num_classes: int, momentum: float) -> nn.Module:
-    """The class pace of ``algorithm.pace``: reference (per-epoch counts), smoothed, auto."""
-    rule = resolve_auto(rule, PACES, "smoothed", num_classes, "pace")
+    """The class pace of ``algorithm.margins.pace``: reference (per-epoch counts), smoothed, auto."""
+    rule = resolve_auto(rule, PACES, "smoothed", num_classes, "margins.pace")
     if rule == "smoothed":
         return SmoothedPace(num_unlabeled, num_classes, momentum)
     return ClassPace(num_unlabeled, num_classes)

@@ -9,13 +9,16 @@ logits ``logits_w - tau log p_hat``; the strong-view loss uses ``logits_s + tau 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from finessl.algorithms.base import ALGORITHMS
 from finessl.algorithms.self_training import SelfTraining
-from finessl.config import AlgorithmConfig, opt
-from finessl.options import method_options
+from finessl.options import method_options, opt
+
+if TYPE_CHECKING:  # types only: config finds this module (options.discover), not the reverse
+    from finessl.config import AlgorithmConfig
 
 
 @method_options("algorithm", "debiaspl", aliases={"debias_strength": "strength"})

@@ -11,13 +11,16 @@ strong-view predictions (zero if none pass), weighted by ``algorithm.freematch.f
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from finessl.algorithms.base import ALGORITHMS, Batch
 from finessl.algorithms.self_training import SelfTraining
-from finessl.config import AlgorithmConfig, opt
-from finessl.options import method_options
+from finessl.options import method_options, opt
+
+if TYPE_CHECKING:  # types only: config finds this module (options.discover), not the reverse
+    from finessl.config import AlgorithmConfig
 
 
 def _sum_norm(x: torch.Tensor) -> torch.Tensor:

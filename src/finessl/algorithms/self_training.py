@@ -23,6 +23,8 @@ from the algorithm, the auxiliary head's confidence (FineSSL) or the main head's
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
@@ -43,8 +45,10 @@ from finessl.algorithms.components import (
     margin_cross_entropy,
     resolve_auto,
 )
-from finessl.config import AlgorithmConfig
 from finessl.errors import ConfigError
+
+if TYPE_CHECKING:  # types only: config finds this module (options.discover), not the reverse
+    from finessl.config import AlgorithmConfig
 
 WEIGHTINGS = ("algorithm", "aux", "main")
 
@@ -62,16 +66,22 @@ class SelfTraining(Algorithm):
         self.dls = self.option(config, "dls")
         self.weighting = self.option(config, "weighting")
         self.warmup = self.option(config, "unlabeled_warmup")
+        # Views of each image the unlabeled loss is taken on: the weak one (Pseudo-Label) or
+        # the strong ones the data pipeline makes (as ``needs`` told it).
+        self.views = 1 if self.train_on_weak else self.needs(config).strong_views
         if self.weighting not in WEIGHTINGS:
             raise ConfigError(f"algorithm.weighting must be one of {', '.join(WEIGHTINGS)}")
         if self.weighting == "aux" and not self.dls:
             raise ConfigError("algorithm.weighting 'aux' needs the auxiliary head (algorithm.dls true)")
         if self.warmup > 0 and not self.total_steps:
             raise ConfigError("algorithm.unlabeled_warmup needs the number of training steps")
-        self.above_chance = resolve_auto(config.aux_weight, AUX_WEIGHTS, "above_chance",
-                                         num_classes, "aux_weight") == "above_chance"
+        self.margin_options = config.options("margins")
+        self.aux_options = config.options("aux_head")
+        self.above_chance = resolve_auto(self.aux_options.weight, AUX_WEIGHTS, "above_chance",
+                                         num_classes, "aux_head.weight") == "above_chance"
         if self.bms:
-            self.pace = build_pace(config.pace, num_unlabeled, num_classes, config.pace_momentum)
+            margins = self.margin_options
+            self.pace = build_pace(margins.pace, num_unlabeled, num_classes, margins.pace_momentum)
         self.register_buffer("steps", torch.tensor(0))  # steps taken, for warm-ups
         # Pseudo-label diagnostics since the last report (not checkpointed).
         for name in ("diag_selected", "diag_correct", "diag_known"):
@@ -116,13 +126,13 @@ class SelfTraining(Algorithm):
             self.pace.reset()
 
     def margin_alpha(self) -> float:
-        return self.config.margin_alpha
+        return self.margin_options.alpha
 
     def margins(self) -> torch.Tensor | None:
         if not self.bms:
             return None
         beta = self.pace.refresh()
-        if self.config.margin_fixed:
+        if self.margin_options.fixed:
             return self.margin_alpha() * (1 - beta) / (1 + beta)
         return balanced_margins(beta, self.margin_alpha())
 
@@ -166,13 +176,13 @@ class SelfTraining(Algorithm):
     # ------------------------------------------------------------------ the step
 
     def step(self, model: nn.Module, batch: Batch) -> StepResult:
-        cfg = self.config
+        aux_options = self.aux_options
         out = forward_views(model, batch, weak_grad=self.weak_grad, aux=self.dls,
-                            aux_stop_gradient=cfg.aux_stop_gradient)
+                            aux_stop_gradient=aux_options.stop_gradient)
         self.after_forward(out, batch)
         margins = self.margins()
         loss_x = margin_cross_entropy(out.labeled, batch.labels,
-                                      margins if cfg.bms_labeled else None).mean()
+                                      margins if self.margin_options.on_labeled else None).mean()
         with torch.no_grad():
             # State (EMAs, counts, pace) is updated from the global batch, so every process
             # holds the same state under torchrun; each then keeps its own share.
@@ -190,15 +200,15 @@ class SelfTraining(Algorithm):
 
         # Pseudo-Label trains on the weak view itself; the others on their strong views.
         strong, strong_aux = (out.weak, out.weak_aux) if self.train_on_weak else (out.strong, out.strong_aux)
-        views = strong.shape[0] // pseudo.shape[0]
+        views = self.views
         terms: dict[str, torch.Tensor] = {"loss_x": loss_x}
         logs: dict[str, float] = {}
         aux_confidence = None
         if self.dls:
-            aux_confidence, aux_weight = aux_weights(out.weak_aux, cfg.aux_min_confidence,
+            aux_confidence, aux_weight = aux_weights(out.weak_aux, aux_options.min_confidence,
                                                      self.above_chance)
             terms["loss_x_aux"], terms["loss_u_aux"] = decoupled_smoothing_losses(
-                out.labeled_aux, batch.labels, strong_aux, pseudo, selected, cfg.smoothing)
+                out.labeled_aux, batch.labels, strong_aux, pseudo, selected, aux_options.smoothing)
             logs["aux_conf"] = aux_confidence.mean().item()
         self._record_confidence(confidence, aux_confidence)
         if self.weighting == "aux":

@@ -18,18 +18,22 @@ against its own weak-view arg-max, averaged over the steps since the last update
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from finessl.algorithms.base import ALGORITHMS, Batch, ViewLogits
+from finessl.algorithms.base import ALGORITHMS, Batch, Collaboration, Needs, ViewLogits
 from finessl.algorithms.components import soft_cross_entropy
 from finessl.algorithms.self_training import SelfTraining
-from finessl.config import AlgorithmConfig, opt
 from finessl.errors import ConfigError
-from finessl.options import method_options
+from finessl.options import method_options, opt
+
+if TYPE_CHECKING:  # types only: config finds this module (options.discover), not the reverse
+    from finessl.config import AlgorithmConfig
 
 
 class Teacher:
@@ -79,11 +83,29 @@ class SemiKDOptions:
                                ge=0, le=1)
 
 
+def load_teacher(context: Collaboration) -> Teacher:
+    """SemiKD's collaborator: the trained run named by ``algorithm.semikd.teacher``, frozen,
+    on the CPU until the first step, fed the student's images."""
+    run_dir = context.config.options("semikd").teacher
+    if not run_dir:
+        raise ConfigError("semikd needs a teacher: finessl distill --teacher RUN_DIR (or "
+                          "--algorithm.semikd.teacher RUN_DIR)")
+    teacher = context.rebuild(run_dir, device="cpu")
+    if teacher.classes != list(context.classes):
+        raise ConfigError("the teacher was trained on other classes than this data")
+    return Teacher(teacher.model, teacher.image_size, teacher.mean, teacher.std,
+                   context.backbone.mean, context.backbone.std)
+
+
 @ALGORITHMS.register("semikd")
 class SemiKD(SelfTraining):
     weak_grad = True  # distillation trains the student's weak-view logits
     defaults = {**SelfTraining.defaults, "unlabeled_weight": 5.0, "strong_views": 1,
                 "bms": True, "dls": True, "weighting": "aux"}
+
+    @classmethod
+    def needs(cls, config: AlgorithmConfig) -> Needs:
+        return dataclasses.replace(super().needs(config), collaborators={"teacher": load_teacher})
 
     def __init__(self, config: AlgorithmConfig, num_classes: int, num_unlabeled: int, *,
                  teacher: Teacher | None = None, **context) -> None:
@@ -98,7 +120,7 @@ class SemiKD(SelfTraining):
         self._teacher_weak: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def margin_alpha(self) -> float:
-        return self.config.margin_alpha * self.balance.item()
+        return self.margin_options.alpha * self.balance.item()
 
     def after_forward(self, out: ViewLogits, batch: Batch) -> None:
         self._teacher_weak = self.teacher(batch.weak)
@@ -135,3 +157,16 @@ class SemiKD(SelfTraining):
         result = super().step(model, batch)
         result.logs["balance"] = self.balance.item()
         return result
+
+
+@dataclass(frozen=True)
+class Distillation:
+    """What ``finessl distill`` sets over the teacher's own configuration: the paper's
+    student (ImageNet-21k ViT-S/16 with VPT, SemiKD losses) and the teacher's run."""
+
+    student: dict[str, str] = dataclasses.field(default_factory=lambda: {
+        "model.backbone": "timm:vit_small_patch16_224.augreg_in21k", "model.pretrained": "default",
+        "model.peft": "vpt-deep", "algorithm.name": "semikd", "algorithm.margins.alpha": "10",
+        "algorithm.uratio": "2", "algorithm.unlabeled_weight": "5", "algorithm.strong_views": "1",
+    })
+    teacher_key: str = "algorithm.semikd.teacher"

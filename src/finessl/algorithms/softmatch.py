@@ -11,13 +11,16 @@ weighting; ``w = exp(-(min(c - mu_t, 0))^2 / (2 var_t / n_sigma^2))``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from finessl.algorithms.base import ALGORITHMS, Batch
 from finessl.algorithms.self_training import SelfTraining
-from finessl.config import AlgorithmConfig, opt
-from finessl.options import method_options
+from finessl.options import method_options, opt
+
+if TYPE_CHECKING:  # types only: config finds this module (options.discover), not the reverse
+    from finessl.config import AlgorithmConfig
 
 
 @method_options("algorithm", "softmatch", aliases={"softmatch_sigmas": "sigmas"})

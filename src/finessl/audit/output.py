@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from finessl.audit.audit import Audit
-from finessl.rundir import atomic_write, write_json
+from finessl.rundir import RunDir, atomic_write, write_json
 
 SHOWN = 20  # rows per table on the page and in the summary's lists
 THUMBNAILS = 12
 
-AUDIT_JSON, PAGE, EXCLUDE = "audit.json", "index.html", "exclude.csv"
+AUDIT_JSON, PAGE, EXCLUDE = RunDir.AUDIT_SUMMARY, "index.html", "exclude.csv"
 
 
 def audit_dict(result: Audit) -> dict:

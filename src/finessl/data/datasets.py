@@ -15,15 +15,19 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from finessl.config import DataConfig
 from finessl.data.path_list import PathList, PathListBuilder, walk_images
 from finessl.errors import DataError
+from finessl.options import method_options, opt
 from finessl.registry import Registry
+
+if TYPE_CHECKING:  # types only: config finds this module (options.discover), not the reverse
+    from finessl.config import DataConfig
 
 log = logging.getLogger(__name__)
 
@@ -237,6 +241,18 @@ def _class_folders(root: Path, what: str, classes: list[str] | None = None):
 # --------------------------------------------------------------------------- registry
 
 
+@method_options("data", "folder", used_by=("folder",),
+                aliases={"labeled_dir": "labeled_dir", "unlabeled_dir": "unlabeled_dir",
+                         "test_dir": "test_dir"})
+@dataclass
+class FolderOptions:
+    """Where the folder dataset's images are (each defaults to a folder under data.root)."""
+
+    labeled_dir: str | None = opt(None, "labeled_dir/<class>/* (default root/labeled)")
+    unlabeled_dir: str | None = opt(None, "unlabeled images, any layout (default root/unlabeled)")
+    test_dir: str | None = opt(None, "test_dir/<class>/* (default root/test)")
+
+
 @DATASETS.register("folder")
 def folder_dataset(config: DataConfig, seed: int) -> SourceData:
     """``labeled_dir/<class>/*``, ``unlabeled_dir/**`` (no labels), ``test_dir/<class>/*``.
@@ -244,11 +260,13 @@ def folder_dataset(config: DataConfig, seed: int) -> SourceData:
     Folder names default to ``root/labeled``, ``root/unlabeled`` and ``root/test``.
     """
     root = Path(config.root)
-    labeled_dir = _require_dir(config.labeled_dir or str(root / "labeled"), "labeled_dir")
+    folders = config.options("folder")
+    labeled_dir = _require_dir(folders.labeled_dir or str(root / "labeled"), "folder.labeled_dir")
     paths, targets, classes = _class_folders(labeled_dir, "labeled")
     unlabeled_paths = PathList.of([])
-    if config.unlabeled_dir or (root / "unlabeled").is_dir():
-        unlabeled_dir = _require_dir(config.unlabeled_dir or str(root / "unlabeled"), "unlabeled_dir")
+    if folders.unlabeled_dir or (root / "unlabeled").is_dir():
+        unlabeled_dir = _require_dir(folders.unlabeled_dir or str(root / "unlabeled"),
+                                     "folder.unlabeled_dir")
         unlabeled_paths = list_images(unlabeled_dir)
         labeled_files = set(canonical_paths(paths))
         again = np.fromiter((key in labeled_files for key in iter_canonical(unlabeled_paths)),
@@ -257,10 +275,10 @@ def folder_dataset(config: DataConfig, seed: int) -> SourceData:
             log.info("%d labeled image(s) found again under the unlabeled folder are listed once, "
                      "as labeled", int(again.sum()))
             unlabeled_paths = unlabeled_paths.take(~again)
-    test_given = bool(config.test_dir) or (root / "test").is_dir()
+    test_given = bool(folders.test_dir) or (root / "test").is_dir()
     test_paths, test_targets = [], []
     if test_given:
-        test_dir = _require_dir(config.test_dir or str(root / "test"), "test_dir")
+        test_dir = _require_dir(folders.test_dir or str(root / "test"), "folder.test_dir")
         test_paths, test_targets, _ = _class_folders(test_dir, "test", classes)
     all_targets = np.concatenate([np.asarray(targets, np.int64), np.full(len(unlabeled_paths), -1)])
     return SourceData(
@@ -333,22 +351,32 @@ def check_listed_once(paths: Sequence[str | Path], labels: Sequence[str], where:
         first[key] = i
 
 
+@method_options("data", "csv", used_by=("csv",), aliases={"csv": "train", "test_csv": "test"})
+@dataclass
+class CsvOptions:
+    """The csv dataset's lists (the old keys data.csv and data.test_csv still work)."""
+
+    train: str | None = opt(None, "training list, rows path,label (an empty label = unlabeled)")
+    test: str | None = opt(None, "test list, rows path,label")
+
+
 @DATASETS.register("csv")
 def csv_dataset(config: DataConfig, seed: int) -> SourceData:
-    """``data.csv`` lists training images (empty label = unlabeled); ``data.test_csv`` the
-    test set (optional: without one, training reports the label-free estimate only)."""
-    if not config.csv:
+    """``data.csv.train`` lists training images (empty label = unlabeled); ``data.csv.test``
+    the test set (optional: without one, training reports the label-free estimate only)."""
+    lists = config.options("csv")
+    if not lists.train:
         raise DataError("the csv dataset needs data.csv (rows: path,label; an empty label is "
                         "unlabeled) and, to measure accuracy, data.test_csv")
-    paths, targets, classes = _read_csv(Path(config.csv))
+    paths, targets, classes = _read_csv(Path(lists.train))
     test_paths, test_targets = [], []
-    if config.test_csv:
-        test_paths, test_targets, _ = _read_csv(Path(config.test_csv), classes)
+    if lists.test:
+        test_paths, test_targets, _ = _read_csv(Path(lists.test), classes)
         if min(test_targets) < 0:
-            raise DataError(f"every row of {config.test_csv} needs a label")
+            raise DataError(f"every row of {lists.test} needs a label")
     return SourceData(classes, FileImages(paths, targets), np.asarray(targets),
                       FileImages(test_paths, test_targets), labels_given=True,
-                      test_given=bool(config.test_csv))
+                      test_given=bool(lists.test))
 
 
 def _download_error(name: str, root: str, where: str, error: Exception) -> DataError:
@@ -430,10 +458,23 @@ class SyntheticImages(Dataset):
         return Image.fromarray(pixels, "RGB"), label
 
 
+@method_options("data", "synthetic", used_by=("synthetic",),
+                aliases={"num_classes": "classes", "synthetic_size": "size",
+                         "synthetic_test_size": "test_size"})
+@dataclass
+class SyntheticOptions:
+    """The synthetic dataset's size (random images for tests and timings)."""
+
+    classes: int = opt(10, "classes", ge=2, le=100_000)
+    size: int = opt(200, "training images", ge=1, le=10**8)
+    test_size: int = opt(100, "test images", ge=1, le=10**8)
+
+
 @DATASETS.register("synthetic")
 def synthetic(config: DataConfig, seed: int) -> SourceData:
-    train = SyntheticImages(config.num_classes, config.synthetic_size, seed=1000 + seed)
-    test = SyntheticImages(config.num_classes, config.synthetic_test_size, seed=2000 + seed)
-    classes = [f"class_{k}" for k in range(config.num_classes)]
+    shape = config.options("synthetic")
+    train = SyntheticImages(shape.classes, shape.size, seed=1000 + seed)
+    test = SyntheticImages(shape.classes, shape.test_size, seed=2000 + seed)
+    classes = [f"class_{k}" for k in range(shape.classes)]
     return SourceData(classes, train, train.targets, test)
 

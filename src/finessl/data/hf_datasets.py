@@ -11,14 +11,19 @@ unlabeled images. Needs the ``hf`` extra: ``pip install 'finessl[hf]'``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from torch.utils.data import ConcatDataset, Dataset
 
-from finessl.config import DataConfig
 from finessl.data.datasets import DATASETS, SourceData, to_rgb8
 from finessl.errors import DataError
+from finessl.options import method_options, opt
+
+if TYPE_CHECKING:  # types only: config finds this module (options.discover), not the reverse
+    from finessl.config import DataConfig
 
 
 class HFImages(Dataset):
@@ -58,17 +63,17 @@ def _load(path: str):
                         f"({str(error).splitlines()[0][:160]})") from None
 
 
-def _columns(split, config: DataConfig) -> tuple[str, str | None, list[str] | None]:
+def _columns(split, hf: HFOptions) -> tuple[str, str | None, list[str] | None]:
     """(image column, label column, class names) of a split, found from its features."""
     import datasets
 
     features = split.features
-    image = config.image_column or next((k for k, f in features.items()
+    image = hf.image_column or next((k for k, f in features.items()
                                          if isinstance(f, datasets.Image)), None)
     if image is None or image not in features:
         raise DataError(f"the hf dataset has no image column (columns: {', '.join(features)}); "
                         "set data.image_column")
-    label = config.label_column or next((k for k, f in features.items()
+    label = hf.label_column or next((k for k, f in features.items()
                                          if isinstance(f, datasets.ClassLabel)), None)
     if label is not None and label not in features:
         raise DataError(f"data.label_column {label!r} is not a column ({', '.join(features)})")
@@ -87,18 +92,35 @@ def _labels(split, label: str | None, index: dict[str, int] | None) -> np.ndarra
     return np.asarray([-1 if v is None else int(v) for v in values], np.int64)
 
 
+@method_options("data", "hf", used_by=("hf",),
+                aliases={k: k for k in ("path", "train_split", "test_split", "unlabeled_split",
+                                        "image_column", "label_column")})
+@dataclass
+class HFOptions:
+    """Which Hugging Face dataset, which of its splits and columns."""
+
+    path: str | None = opt(None, "a Hugging Face datasets name on the Hub, or a local folder "
+                                 "(save_to_disk, or an imagefolder)")
+    train_split: str = opt("train", "the training split")
+    test_split: str | None = opt("test", "the test split (None or absent: no test set)")
+    unlabeled_split: str | None = opt(None, "a split of unlabeled images (labels ignored)")
+    image_column: str | None = opt(None, "the image column (None: the Image feature)")
+    label_column: str | None = opt(None, "the label column (None: the ClassLabel feature)")
+
+
 @DATASETS.register("hf")
 def hf_dataset(config: DataConfig, seed: int) -> SourceData:
-    if not config.path:
+    hf = config.options("hf")
+    if not hf.path:
         raise DataError("data.name hf needs data.path: a Hugging Face dataset name or a local "
                         "folder (save_to_disk or imagefolder)")
-    loaded = _load(config.path)
-    splits = dict(loaded) if hasattr(loaded, "keys") else {config.train_split: loaded}
-    if config.train_split not in splits:
-        raise DataError(f"the hf dataset has no split {config.train_split!r} (splits: "
+    loaded = _load(hf.path)
+    splits = dict(loaded) if hasattr(loaded, "keys") else {hf.train_split: loaded}
+    if hf.train_split not in splits:
+        raise DataError(f"the hf dataset has no split {hf.train_split!r} (splits: "
                         f"{', '.join(splits)}); set data.train_split")
-    train = splits[config.train_split]
-    image, label, names = _columns(train, config)
+    train = splits[hf.train_split]
+    image, label, names = _columns(train, hf)
     if names is None:  # a plain label column: its distinct values, sorted
         found = sorted({str(v) for v in train[label] if v not in (None, "", -1)}) if label else []
         if not found:
@@ -108,20 +130,20 @@ def hf_dataset(config: DataConfig, seed: int) -> SourceData:
     index = {name: k for k, name in enumerate(names)}
     parts, targets = [HFImages(train, image, _labels(train, label, index))], []
     targets.append(parts[0].targets)
-    if config.unlabeled_split:
-        if config.unlabeled_split not in splits:
-            raise DataError(f"data.unlabeled_split {config.unlabeled_split!r} is not a split "
+    if hf.unlabeled_split:
+        if hf.unlabeled_split not in splits:
+            raise DataError(f"data.unlabeled_split {hf.unlabeled_split!r} is not a split "
                             f"({', '.join(splits)})")
-        extra = splits[config.unlabeled_split]
-        extra_image = image if image in extra.features else _columns(extra, config)[0]
+        extra = splits[hf.unlabeled_split]
+        extra_image = image if image in extra.features else _columns(extra, hf)[0]
         parts.append(HFImages(extra, extra_image, np.full(len(extra), -1, np.int64)))
         targets.append(parts[-1].targets)
-    test_given = bool(config.test_split) and config.test_split in splits
+    test_given = bool(hf.test_split) and hf.test_split in splits
     if test_given:
-        test_split = splits[config.test_split]
+        test_split = splits[hf.test_split]
         test = HFImages(test_split, image, _labels(test_split, label, index))
         if (test.targets < 0).any():
-            raise DataError(f"the hf dataset's {config.test_split!r} split has rows without a label; "
+            raise DataError(f"the hf dataset's {hf.test_split!r} split has rows without a label; "
                             "every test image needs one")
     else:
         test = HFImages(train.select([]), image, np.zeros(0, np.int64))

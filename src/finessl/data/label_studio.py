@@ -34,6 +34,7 @@ from urllib.parse import quote, unquote
 from xml.sax.saxutils import quoteattr
 
 from finessl.errors import DataError, shown
+from finessl.options import EVERY_METHOD, method_options, opt
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,21 @@ CONFLICTS = ("majority", "reject")
 # fields Label Studio's JSON-MIN and CSV exports add to every record, besides the task data
 EXPORT_FIELDS = {"id", "annotator", "annotation_id", "created_at", "updated_at", "lead_time",
                  "agreement"}
+
+
+@method_options("data", "label_studio", used_by=EVERY_METHOD,
+                aliases={"label_studio_root": "root", "label_studio_url": "url",
+                         "label_studio_conflicts": "conflicts"})
+@dataclass
+class LabelStudioOptions:
+    """How Label Studio's tasks and exports name the images (data.extra_labels, any dataset)."""
+
+    root: str = opt("/", "Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT: image references "
+                         "in its tasks and exports are relative to it")
+    url: str = opt("/data/local-files/?d=", "how Label Studio serves the images: this prefix + "
+                                            "the path below root")
+    conflicts: str = opt("majority", "annotators disagreeing in an export: majority (a tie is "
+                                     "left out) or reject", choices=("majority", "reject"))
 
 
 @dataclass(frozen=True)

@@ -7,15 +7,20 @@ the files when they are missing. (CIFAR and their long-tailed variants are in
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from finessl.config import DataConfig
 from finessl.data.datasets import DATASETS, FileImages, SourceData, _class_folders, _download_error
 from finessl.errors import DataError
+from finessl.options import method_options, opt
+
+if TYPE_CHECKING:  # types only: config finds this module (options.discover), not the reverse
+    from finessl.config import DataConfig
 
 
 @DATASETS.register("food101")
@@ -51,10 +56,17 @@ def _read_list(root: Path, name: str, required: bool = True) -> tuple[list[Path]
     return paths, labels
 
 
+@method_options("data", "semi-aves", used_by=("semi-aves",),
+                aliases={"out_of_distribution": "out_of_distribution"})
+@dataclass
+class SemiAvesOptions:
+    out_of_distribution: bool = opt(False, "add the out-of-distribution unlabeled pool")
+
+
 @DATASETS.register("semi-aves")
 def semi_aves(config: DataConfig, seed: int) -> SourceData:
     """Semi-Aves (FGVC7 Semi-Supervised iNat challenge): 200 labeled bird classes, unlabeled
-    in-distribution images and, with ``data.out_of_distribution``, the 800-class OOD pool.
+    in-distribution images and, with ``data.semi-aves.out_of_distribution``, the 800-class OOD pool.
 
     Layout (the release's lists, lines ``relative/path.jpg label``): ``l_train_val.txt``,
     ``u_train_in.txt``, ``u_train_out.txt``, ``test.txt``.
@@ -62,7 +74,7 @@ def semi_aves(config: DataConfig, seed: int) -> SourceData:
     root = Path(config.root)
     paths, labels = _read_list(root, "l_train_val.txt")
     unlabeled, _ = _read_list(root, "u_train_in.txt")
-    if config.out_of_distribution:
+    if config.options("semi-aves").out_of_distribution:
         unlabeled += _read_list(root, "u_train_out.txt")[0]
     test_paths, test_labels = _read_list(root, "test.txt")
     classes = [str(k) for k in range(max(labels) + 1)]
@@ -71,12 +83,23 @@ def semi_aves(config: DataConfig, seed: int) -> SourceData:
                       FileImages(test_paths, test_labels), labels_given=True)
 
 
+@method_options("data", "imagenet", used_by=("imagenet",),
+                aliases={"label_fraction": "label_fraction", "subset_file": "subset_file"})
+@dataclass
+class ImageNetOptions:
+    """Which ImageNet training images are labeled (else data.labels_per_class)."""
+
+    label_fraction: float | None = opt(None, "labeled fraction per class", gt=0, le=1)
+    subset_file: str | None = opt(None, "file listing the labeled images (1percent.txt)")
+
+
 @DATASETS.register("imagenet")
 def imagenet(config: DataConfig, seed: int) -> SourceData:
     """ILSVRC-2012 as ``root/train/<wnid>/*.JPEG`` and ``root/val/<wnid>/*.JPEG``.
 
-    Labeled subset: ``data.subset_file`` (e.g. SimCLR's ``1percent.txt`` / ``10percent.txt``,
-    one file name per line) or ``data.label_fraction`` of every class, drawn with the seed;
+    Labeled subset: ``data.imagenet.subset_file`` (e.g. SimCLR's ``1percent.txt`` /
+    ``10percent.txt``, one file name per line) or ``data.imagenet.label_fraction`` of every
+    class, drawn with the seed;
     everything else is unlabeled.
     """
     root = Path(config.root)
@@ -87,17 +110,18 @@ def imagenet(config: DataConfig, seed: int) -> SourceData:
     paths, targets, classes = _class_folders(root / "train", "labeled")
     test_paths, test_targets, _ = _class_folders(root / "val", "test", classes)
     targets = np.asarray(targets)
-    if config.subset_file:
-        chosen = set(Path(config.subset_file).read_text().split())
+    subset = config.options("imagenet")
+    if subset.subset_file:
+        chosen = set(Path(subset.subset_file).read_text().split())
         keep = np.array([Path(p).name in chosen for p in paths])
         if not keep.any():
-            raise DataError(f"no training image is named in {config.subset_file}")
-    elif config.label_fraction is not None:
+            raise DataError(f"no training image is named in {subset.subset_file}")
+    elif subset.label_fraction is not None:
         rng = np.random.default_rng(seed)
         keep = np.zeros(len(paths), dtype=bool)
         for k in range(len(classes)):
             index = np.flatnonzero(targets == k)
-            n = max(1, round(config.label_fraction * len(index)))
+            n = max(1, round(subset.label_fraction * len(index)))
             keep[rng.choice(index, size=n, replace=False)] = True
     else:
         raise DataError("ImageNet needs data.label_fraction (0.01, 0.1) or data.subset_file")

@@ -11,11 +11,11 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from torch.utils.data import Dataset
 
-from finessl.config import DataConfig
 from finessl.data.augment import Transforms, build_transforms, raw_transform
 from finessl.data.datasets import SourceData, canonical_paths, dataset_targets, load_source, probe_image
 from finessl.data.extra_labels import apply_extra_labels, check_agrees, listed_indices
@@ -23,6 +23,9 @@ from finessl.data.gpu_augment import BatchAugment
 from finessl.data.label_studio import ImageLinks
 from finessl.data.splits import split_labeled_unlabeled
 from finessl.errors import DataError
+
+if TYPE_CHECKING:  # types only: config finds this module (options.discover), not the reverse
+    from finessl.config import DataConfig
 
 log = logging.getLogger(__name__)
 
@@ -165,9 +168,10 @@ def build_ssl_data(
     refuses a labeled set without any image (what training needs; choosing the first
     labels does not)."""
     source = source if source is not None else load_source(config, seed)
-    studio = ImageLinks(config.label_studio_root, config.label_studio_url)
+    links = config.options("label_studio")
+    studio = ImageLinks(links.root, links.url)
     extra = apply_extra_labels(Path(config.extra_labels), source, config.name, studio,
-                               config.label_studio_conflicts) if config.extra_labels else None
+                               links.conflicts) if config.extra_labels else None
     if extra is not None:
         source = extra.source
     transforms = transforms or build_transforms(image_size, mean, std, config.strong_augment)

@@ -9,12 +9,12 @@ is missing say so in one log line and do nothing.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import logging
 import os
 import time
 from pathlib import Path
 
+from finessl.registry import Registry
 from finessl.rundir import RunDir, open_no_follow
 
 log = logging.getLogger(__name__)
@@ -131,11 +131,17 @@ class TensorBoardLog(Callback):
             self.writer.close()
 
 
+# ``train.loggers``: name -> a tracker made from (run directory, configuration).
+LOGGERS: Registry[type[Callback]] = Registry("logger")
+
+
+@LOGGERS.register("csv")
 class CsvLog(Callback):
     """``metrics.csv`` in long form (step, kind, name, value): opens in any spreadsheet."""
 
-    def __init__(self, path: Path, every: int) -> None:
-        self.path, self.every = path, every
+    def __init__(self, run: RunDir, config) -> None:
+        path = run / RunDir.CSV
+        self.path, self.every = path, config.train.log_every
         if not path.exists():
             self._rows([["step", "kind", "name", "value"]])
 
@@ -152,23 +158,14 @@ class CsvLog(Callback):
         self._rows([step, "eval", k, metrics[k]] for k in EVAL_SCALARS if k in metrics)
 
 
-def _flat_config(config) -> dict[str, str]:
-    def walk(values: dict, prefix: str = ""):
-        for key, value in values.items():
-            if isinstance(value, dict):
-                yield from walk(value, f"{prefix}{key}.")
-            else:
-                yield f"{prefix}{key}", str(value)
-
-    return dict(walk(dataclasses.asdict(config)))
-
-
+@LOGGERS.register("mlflow")
 class MLflowLog(Callback):
     """An MLflow run: to ``MLFLOW_TRACKING_URI`` (a server or database) when set, else to
     MLflow's file store in ``run_dir/mlruns`` (which MLflow 3 keeps behind an opt-in,
     ``MLFLOW_ALLOW_FILE_STORE``, set here for that case only)."""
 
-    def __init__(self, run: RunDir, config, every: int) -> None:
+    def __init__(self, run: RunDir, config) -> None:
+        every = config.train.log_every
         try:
             import mlflow
         except ImportError:
@@ -183,7 +180,7 @@ class MLflowLog(Callback):
             mlflow.set_tracking_uri((run.path / RunDir.MLRUNS).resolve().as_uri())
         mlflow.set_experiment("finessl")
         self.active = mlflow.start_run(run_name=run.path.name)
-        mlflow.log_params(_flat_config(config))
+        mlflow.log_params({k: str(v) for k, v in config.to_flat().items()})
 
     def on_step(self, step: int, logs: dict[str, float]) -> None:
         if self.mlflow is not None and step % self.every == 0:
@@ -199,10 +196,12 @@ class MLflowLog(Callback):
             self.mlflow.end_run()
 
 
+@LOGGERS.register("wandb")
 class WandbLog(Callback):
     """A Weights & Biases run in ``run_dir/wandb`` (``WANDB_MODE=offline`` works without an account)."""
 
-    def __init__(self, run: RunDir, config, every: int) -> None:
+    def __init__(self, run: RunDir, config) -> None:
+        every = config.train.log_every
         try:
             import wandb
         except ImportError:
@@ -211,7 +210,7 @@ class WandbLog(Callback):
             return
         self.wandb, self.every = wandb, every
         self.active = wandb.init(project="finessl", name=run.path.name, dir=str(run.path),
-                                 config=dataclasses.asdict(config), reinit=True)
+                                 config=config.to_dict(), reinit=True)
 
     def on_step(self, step: int, logs: dict[str, float]) -> None:
         if self.wandb is not None and step % self.every == 0:
@@ -226,20 +225,9 @@ class WandbLog(Callback):
             self.active.finish()
 
 
-LOGGERS = ("csv", "mlflow", "wandb")
-
-
 def run_callbacks(run: RunDir, config) -> list[Callback]:
     """The callbacks every run gets: metrics.jsonl, TensorBoard, and ``train.loggers``."""
-    every = config.train.log_every
-    callbacks: list[Callback] = [JsonlLog(run, every)]
+    callbacks: list[Callback] = [JsonlLog(run, config.train.log_every)]
     if config.train.tensorboard:
         callbacks.append(TensorBoardLog(run / RunDir.TENSORBOARD))
-    for name in config.train.loggers:
-        if name == "csv":
-            callbacks.append(CsvLog(run / RunDir.CSV, every))
-        elif name == "mlflow":
-            callbacks.append(MLflowLog(run, config, every))
-        elif name == "wandb":
-            callbacks.append(WandbLog(run, config, every))
-    return callbacks
+    return callbacks + [LOGGERS.get(name)(run, config) for name in config.train.loggers]

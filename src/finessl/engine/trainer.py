@@ -31,7 +31,7 @@ from finessl.distributed import DistEnv
 from finessl.engine.callbacks import Callback
 from finessl.engine.optim import build_optimizer, build_scheduler
 from finessl.engine.sampling import EpochSampler, SeededItems
-from finessl.errors import ConfigError, TrainingDiverged, TrainingInterrupted
+from finessl.errors import AdapterMismatch, ConfigError, TrainingDiverged, TrainingInterrupted
 from finessl.eval.estimate import Estimate, data_outputs, estimate, pool_view
 from finessl.eval.metrics import classification_metrics, predict_logits
 from finessl.rundir import RunDir, RunDirError
@@ -119,7 +119,7 @@ def check_resources(config: Config, data: SSLData, unlabeled_batch: int, images_
     if unlabeled_batch > pool:
         raise ConfigError(
             f"the unlabeled batch (train.batch_size {cfg.batch_size} x algorithm.uratio "
-            f"{config.algorithm.uratio} = {unlabeled_batch:,} images) is larger than the unlabeled "
+            f"{unlabeled_batch // cfg.batch_size} = {unlabeled_batch:,} images) is larger than the unlabeled "
             f"pool ({pool:,} images); lower algorithm.uratio or train.batch_size")
     sample = data.labeled[0][0]
     per_image = sample.numel() * sample.element_size() if isinstance(sample, torch.Tensor) else 0
@@ -175,6 +175,7 @@ class Trainer:
 
     def __post_init__(self) -> None:
         cfg: TrainConfig = self.config.train
+        self.needs = self.algorithm.needs(self.algorithm.config)  # batch shape and views
         if cfg.batch_size % cfg.accumulate:
             raise ConfigError(f"train.batch_size {cfg.batch_size} must be a multiple of "
                               f"train.accumulate {cfg.accumulate}")
@@ -203,11 +204,10 @@ class Trainer:
         self.labeled_loader = make_loader(self.data.labeled, cfg.batch_size, cfg.steps_per_epoch,
                                           seed, workers, self.device, self.dist)
         self.unlabeled_loader = None
-        unlabeled_batch = cfg.batch_size * self.config.algorithm.uratio \
-            if self.algorithm.uses_unlabeled else 0
+        unlabeled_batch = cfg.batch_size * self.needs.unlabeled_ratio
         check_resources(self.config, self.data, unlabeled_batch,
                         self.images_per_step // self.dist.world_size, self.device)
-        if self.algorithm.uses_unlabeled:
+        if self.needs.uses_unlabeled:
             self.unlabeled_loader = make_loader(self.data.unlabeled, unlabeled_batch,
                                                 cfg.steps_per_epoch, seed + 1, workers, self.device,
                                                 self.dist)
@@ -232,9 +232,8 @@ class Trainer:
     def images_per_step(self) -> int:
         """Images forwarded per optimizer step, over all processes."""
         batch = self.config.train.batch_size
-        unlabeled = batch * self.config.algorithm.uratio if self.algorithm.uses_unlabeled else 0
-        views = 1 + type(self.algorithm).strong_views(self.config.algorithm)
-        return (batch + unlabeled * views) * self.dist.world_size
+        unlabeled = batch * self.needs.unlabeled_ratio
+        return (batch + unlabeled * (1 + self.needs.strong_views)) * self.dist.world_size
 
     # ------------------------------------------------------------------ state
 
@@ -258,12 +257,12 @@ class Trainer:
         if state is None:  # a run stopped before its first checkpoint starts at step 0
             return
         where = self.run.path if self.run is not None else "the checkpoint"
-        theirs = state.get("model", {})
-        if not isinstance(theirs, dict) or self.model.adapter_mismatch(theirs, {}):
-            raise RunDirError(f"run {where} is damaged: its training state does not fit the "
-                              "model of its config.yaml (another run's state, or an edited config)")
         try:
-            self.model.load_state_dict(theirs, strict=False)
+            self.model.load_trainable(state.get("model", {}))
+        except AdapterMismatch:
+            raise RunDirError(f"run {where} is damaged: its training state does not fit the "
+                              "model of its config.yaml (another run's state, or an edited config)") from None
+        try:
             self.algorithm.load_state_dict(state["algorithm"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
@@ -501,8 +500,10 @@ class Trainer:
         self.best = {"step": int(best["step"]), "estimate": best.get("estimate") or {}}
         if self.config.train.keep == "best-estimate" and self.run is not None:
             weights, _ = self.run.load_adapter(self.run.BEST_ADAPTER)
-            if self.model.adapter_mismatch(weights, {}):
-                raise self.run.damaged(f"{self.run.BEST_ADAPTER} does not fit the run's model")
+            try:
+                self.model.check_trainable(weights)
+            except AdapterMismatch:
+                raise self.run.damaged(f"{self.run.BEST_ADAPTER} does not fit the run's model") from None
             self.best_weights = weights
 
     def _final(self) -> dict:
@@ -542,7 +543,7 @@ class Trainer:
             "steps": self.step,
             "seconds": round(self.seconds, 2),
             "trainable_params": self.model.num_trainable_parameters(),
-            "algorithm": self.config.algorithm.name,
+            "algorithm": self.algorithm.name,
             "device": str(self.device),
             "precision": self.precision,
             "world_size": self.dist.world_size,

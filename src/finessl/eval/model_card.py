@@ -18,8 +18,6 @@ import yaml
 from finessl.eval.summary import RunSummary, summarise_run
 from finessl.rundir import RunDir, atomic_write
 
-CARD = "README.md"
-
 
 def _number(value, unit: str = " %") -> str:
     return f"{value:.2f}{unit}" if isinstance(value, (int, float)) else "n/a"
@@ -74,7 +72,7 @@ def _pseudo_labels(summary: RunSummary) -> list[str]:
 
 
 def _audit(run: RunDir) -> list[str]:
-    found = run / RunDir.AUDIT / "audit.json"
+    found = run / RunDir.AUDIT / RunDir.AUDIT_SUMMARY
     if not found.is_file():
         return []
     try:
@@ -118,7 +116,7 @@ def model_card(path: str | Path, command: str | None = None) -> str:
 def write_model_card(path: str | Path, command: str | None = None) -> Path | None:
     """Writes (or rewrites) ``README.md`` in the run directory; a README.md that is not a
     finessl card (the user's own) is left as it is (None)."""
-    target = Path(path) / CARD
+    target = Path(path) / RunDir.CARD
     if target.is_file() and "library_name: finessl" not in target.read_text(errors="replace")[:2000]:
         return None
     text = model_card(path, command)

@@ -153,7 +153,7 @@ def _audit_section(run_path: Path) -> str:
     """The run's data audit (``finessl audit --run DIR`` writes ``DIR/audit``), if there is one."""
     import json
 
-    path = run_path / RunDir.AUDIT / "audit.json"
+    path = run_path / RunDir.AUDIT / RunDir.AUDIT_SUMMARY
     if not path.is_file():
         return ""
     try:

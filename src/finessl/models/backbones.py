@@ -18,8 +18,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from finessl.config import ModelConfig
 from finessl.errors import ConfigError, WeightsUnavailableError
 from finessl.models.backbone_base import Backbone, ModuleBackbone
 from finessl.models.cnn import OpenClipCNN, TimmCNN
@@ -27,6 +27,9 @@ from finessl.models.vit import OpenClipViT, TimmViT
 from finessl.models.weights import is_random_init, reading_weights_file, seeded
 from finessl.models.zeroshot import ClipText
 from finessl.registry import Registry, unknown_name_message
+
+if TYPE_CHECKING:  # types only: config finds this module (options.discover), not the reverse
+    from finessl.config import ModelConfig
 
 log = logging.getLogger(__name__)
 

@@ -10,13 +10,16 @@ mapping is positional, checked tensor by tensor on shape.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from finessl.config import ModelConfig
 from finessl.errors import WeightsUnavailableError
 from finessl.models.cnn import TimmCNN
 from finessl.models.weights import is_random_init, reading_weights_file, seeded
+
+if TYPE_CHECKING:  # types only: config finds this module (options.discover), not the reverse
+    from finessl.config import ModelConfig
 
 
 def lite0_checkpoint_path(pretrained: str) -> Path:

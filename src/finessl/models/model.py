@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import copy
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from finessl.config import ModelConfig
-from finessl.errors import ConfigError
+from finessl.errors import AdapterMismatch, ConfigError
 from finessl.models.backbones import Backbone, build_backbone
 from finessl.models.heads import CosineHead
 from finessl.models.peft import attach_peft
 from finessl.models.zeroshot import semantic_head_weights
+
+if TYPE_CHECKING:  # types only: config finds this module (options.discover), not the reverse
+    from finessl.config import ModelConfig
 
 
 class FinesslModel(nn.Module):
@@ -77,13 +80,26 @@ class FinesslModel(nn.Module):
     CHECKED_METADATA = (("backbone", "backbone"), ("pretrained", "pretrained weights"),
                         ("activation", "activation"))
 
-    def adapter_mismatch(self, state: dict[str, torch.Tensor], meta: dict) -> str | None:
-        """Why trained weights (with their adapter metadata) do not fit this model, or None:
-        the one fit check of loading, warm starts and resumes."""
+    def check_trainable(self, state: dict[str, torch.Tensor], meta: dict | None = None) -> None:
+        """Trained weights (and their adapter metadata) that do not fit this model raise
+        ``AdapterMismatch`` naming why: the one fit check of loading, warm starts, resumes
+        and the SemiKD teacher."""
+        problem = self._mismatch(state, meta or {})
+        if problem:
+            raise AdapterMismatch(problem)
+
+    def load_trainable(self, state: dict[str, torch.Tensor], meta: dict | None = None) -> None:
+        """Checks (``check_trainable``) and loads trained weights: PEFT, unfrozen parts, heads."""
+        self.check_trainable(state, meta)
+        self.load_state_dict(state, strict=False)
+
+    def _mismatch(self, state: dict[str, torch.Tensor], meta: dict) -> str | None:
         for key, what in self.CHECKED_METADATA:
             built = self.backbone.source.get(key)
             if key in meta and built is not None and str(built) != str(meta[key]):
                 return f"this model's {what} is {built!r}, the weights were trained with {meta[key]!r}"
+        if not isinstance(state, dict):
+            return "the weights are not a name -> tensor mapping"
         ours = self.trainable_state_dict()
         if set(ours) != set(state) or any(ours[k].shape != state[k].shape or
                                           ours[k].is_floating_point() != state[k].is_floating_point()

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from torch import nn
 
-from finessl.config import ModelConfig
 from finessl.errors import ConfigError
 from finessl.models.backbone_base import Backbone
 from finessl.registry import Registry
+
+if TYPE_CHECKING:  # types only: config finds this module (options.discover), not the reverse
+    from finessl.config import ModelConfig
 
 
 class Peft(nn.Module):

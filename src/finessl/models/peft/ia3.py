@@ -9,14 +9,17 @@ ViT methods after BitFit.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from finessl.config import ModelConfig, opt
 from finessl.models.backbone_base import Backbone
 from finessl.models.peft.base import PEFT_METHODS, PerBlock
-from finessl.options import method_options
+from finessl.options import method_options, opt
+
+if TYPE_CHECKING:  # types only: config finds this module (options.discover), not the reverse
+    from finessl.config import ModelConfig
 
 
 @method_options("model", "ia3")

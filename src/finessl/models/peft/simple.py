@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from torch import nn
 
-from finessl.config import ModelConfig
 from finessl.errors import ConfigError
 from finessl.models.backbone_base import Backbone
 from finessl.models.peft.base import PEFT_METHODS, Peft, tuned_blocks
+
+if TYPE_CHECKING:  # types only: config finds this module (options.discover), not the reverse
+    from finessl.config import ModelConfig
 
 
 def _in_tuned_blocks(backbone: Backbone, config: ModelConfig):

@@ -7,12 +7,16 @@ N(1, 0.02), beta at N(0, 0.02), as in the SSF paper.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
-from finessl.config import ModelConfig
 from finessl.models.backbone_base import Backbone
 from finessl.models.peft.base import PEFT_METHODS, Peft, PerBlock
+
+if TYPE_CHECKING:  # types only: config finds this module (options.discover), not the reverse
+    from finessl.config import ModelConfig
 
 
 class ScaleShift(nn.Module):

@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from finessl.config import ModelConfig, opt
 from finessl.models.backbone_base import Backbone
 from finessl.models.peft.base import PEFT_METHODS, Peft, require_vit, tuned_blocks
-from finessl.options import method_options
+from finessl.options import method_options, opt
+
+if TYPE_CHECKING:  # types only: config finds this module (options.discover), not the reverse
+    from finessl.config import ModelConfig
 
 
 @method_options("model", "vpt", aliases={"vpt_tokens": "tokens"},
