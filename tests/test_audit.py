@@ -51,6 +51,28 @@ def test_chunked_neighbours_equal_the_dense_ones():
     assert (idx[:, 0] != np.arange(len(refs))).all()
 
 
+def test_a_block_of_queries_never_holds_more_than_the_budget(monkeypatch):
+    """However many refs: blocks shrink so that block x refs stays under the budget (here
+    50 similarities: 2 queries of 23 refs a block), with the same neighbours."""
+    from finessl.audit import neighbours
+
+    rng = np.random.default_rng(2)
+    queries, refs = normalise(rng.normal(size=(37, 5))), normalise(rng.normal(size=(23, 5)))
+    seen = []
+    real_topk = torch.Tensor.topk
+
+    def recorded(product, *args, **kwargs):
+        seen.append(product.numel())
+        return real_topk(product, *args, **kwargs)
+
+    monkeypatch.setattr(neighbours, "PRODUCT_BUDGET", 50)
+    monkeypatch.setattr(torch.Tensor, "topk", recorded)
+    sims, idx = top_k(queries, refs, k=3)
+    assert max(seen) == 2 * 23 and len(seen) == 19
+    dense = queries @ refs.T
+    assert np.array_equal(idx, np.argsort(-dense, axis=1)[:, :3])
+
+
 @pytest.mark.parametrize("score", ["propagation", "knn", "prototype"])
 def test_foreign_images_score_higher(task, score):
     labeled, labels, pool_task, pool_foreign = task

@@ -1,7 +1,8 @@
 """Nearest neighbours by cosine similarity, in chunks: never an N x M matrix in memory.
 
 Rows are L2-normalised features (float16 or float32); the products run in float32 torch
-(multi-threaded BLAS), ``chunk`` query rows at a time, so memory is ``chunk x len(refs)``.
+(multi-threaded BLAS), a block of query rows at a time: at most ``chunk`` rows and at most
+``PRODUCT_BUDGET`` similarities, so memory stays flat however many refs there are.
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ def normalise(features: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(values, axis=1, keepdims=True)
     return values / np.maximum(norms, 1e-12)
 
+
+# Similarities one block of queries may hold (64 MiB of float32): 1,024 queries against up
+# to 16 k refs, 16 against a million.
+PRODUCT_BUDGET = 1 << 24
 
 # Above this many rows, graphs are built in a PCA space of ``REDUCED_DIMS`` (10x less work
 # for 1,280-d features; the neighbours barely change).
@@ -68,6 +73,7 @@ def top_k(queries: np.ndarray, refs: np.ndarray, k: int = 1, chunk: int = 1024,
     if k < 1 or len(queries) == 0:
         return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
     ref = torch.from_numpy(np.ascontiguousarray(refs, dtype=np.float32))
+    chunk = max(1, min(chunk, PRODUCT_BUDGET // len(refs)))
     sims, idx = [], []
     for start in range(0, len(queries), chunk):
         block = torch.from_numpy(np.ascontiguousarray(queries[start:start + chunk], dtype=np.float32))
