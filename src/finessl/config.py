@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 import math
 import types
 import typing
@@ -19,7 +20,7 @@ from typing import Any
 import yaml
 
 from finessl.errors import ConfigError, shown
-from finessl.options import opt, options_of
+from finessl.options import MethodOptions, opt, registered
 from finessl.registry import unknown_name_message
 
 
@@ -292,6 +293,17 @@ MAX_CONFIG_BYTES = 1 << 20
 
 
 # --------------------------------------------------------------------------- method sections
+
+# The packages whose modules declare settings sections (``options.method_options``); they
+# import this module for type checking only, so importing them here makes no cycle.
+METHOD_PACKAGES = ("finessl.models.peft", "finessl.data", "finessl.algorithms")
+
+
+def options_of(section: str) -> dict[str, MethodOptions]:
+    """Every settings section of ``section`` ("model", "data", "algorithm")."""
+    for package in METHOD_PACKAGES:
+        importlib.import_module(package)
+    return registered(section)
 
 
 def method_section(section: Any, section_name: str, method: str):

@@ -12,14 +12,13 @@ an algorithm with settings of its own declares them in its file as a dataclass o
 The configuration then has a ``model.lora`` section (``--model.lora.rank 16``; the old flat
 key ``model.lora_rank`` still works), validated when the configuration loads and printed by
 ``finessl config``. The registry is filled when the method packages are imported;
-``discover`` imports them (``METHOD_PACKAGES``). This module sits below ``finessl.config``
-and the method modules import the config's classes for type checking only, so reading a
-configuration imports the methods without the methods importing the configuration back.
+``finessl.config`` imports them (its ``METHOD_PACKAGES``). This module imports nothing of
+finessl, and the method modules import the config's classes for type checking only, so
+reading a configuration imports the methods without the methods importing it back.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,9 +41,6 @@ def opt(default: Any, doc: str, *, choices: tuple | None = None, ge: float | Non
 
 # ``used_by`` of settings every method reads (FineSSL's parts plug into every algorithm).
 EVERY_METHOD = ("*",)
-
-METHOD_PACKAGES = ("finessl.models.peft", "finessl.data", "finessl.algorithms")
-
 
 @dataclass(frozen=True)
 class MethodOptions:
@@ -74,12 +70,7 @@ def method_options(section: str, method: str, aliases: dict[str, str] | None = N
     return register
 
 
-def discover() -> None:
-    """Imports the method packages, whose modules register their options."""
-    for package in METHOD_PACKAGES:
-        importlib.import_module(package)
-
-
-def options_of(section: str) -> dict[str, MethodOptions]:
-    discover()
+def registered(section: str) -> dict[str, MethodOptions]:
+    """The sections registered so far (``finessl.config.options_of`` imports every method
+    package first)."""
     return {method: entry for (sec, method), entry in _REGISTRY.items() if sec == section}

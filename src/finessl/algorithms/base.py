@@ -13,7 +13,7 @@ from torch import nn
 from finessl.distributed import DistEnv
 from finessl.registry import Registry
 
-if TYPE_CHECKING:  # types only: config finds this module (options.discover), not the reverse
+if TYPE_CHECKING:  # types only: config imports this module (METHOD_PACKAGES), not the reverse
     from finessl.config import AlgorithmConfig
     from finessl.models.backbone_base import Backbone
 

@@ -47,7 +47,7 @@ from finessl.algorithms.components import (
 )
 from finessl.errors import ConfigError
 
-if TYPE_CHECKING:  # types only: config finds this module (options.discover), not the reverse
+if TYPE_CHECKING:  # types only: config imports this module (METHOD_PACKAGES), not the reverse
     from finessl.config import AlgorithmConfig
 
 WEIGHTINGS = ("algorithm", "aux", "main")

@@ -19,7 +19,7 @@ from finessl.algorithms.base import ALGORITHMS, Batch
 from finessl.algorithms.self_training import SelfTraining
 from finessl.options import method_options, opt
 
-if TYPE_CHECKING:  # types only: config finds this module (options.discover), not the reverse
+if TYPE_CHECKING:  # types only: config imports this module (METHOD_PACKAGES), not the reverse
     from finessl.config import AlgorithmConfig
 
 

@@ -26,7 +26,7 @@ from finessl.errors import DataError
 from finessl.options import method_options, opt
 from finessl.registry import Registry
 
-if TYPE_CHECKING:  # types only: config finds this module (options.discover), not the reverse
+if TYPE_CHECKING:  # types only: config imports this module (METHOD_PACKAGES), not the reverse
     from finessl.config import DataConfig
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ from finessl.data.label_studio import ImageLinks
 from finessl.data.splits import split_labeled_unlabeled
 from finessl.errors import DataError
 
-if TYPE_CHECKING:  # types only: config finds this module (options.discover), not the reverse
+if TYPE_CHECKING:  # types only: config imports this module (METHOD_PACKAGES), not the reverse
     from finessl.config import DataConfig
 
 log = logging.getLogger(__name__)

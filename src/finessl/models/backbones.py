@@ -28,7 +28,7 @@ from finessl.models.weights import is_random_init, reading_weights_file, seeded
 from finessl.models.zeroshot import ClipText
 from finessl.registry import Registry, unknown_name_message
 
-if TYPE_CHECKING:  # types only: config finds this module (options.discover), not the reverse
+if TYPE_CHECKING:  # types only: config imports this module (METHOD_PACKAGES), not the reverse
     from finessl.config import ModelConfig
 
 log = logging.getLogger(__name__)

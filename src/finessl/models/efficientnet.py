@@ -18,7 +18,7 @@ from finessl.errors import WeightsUnavailableError
 from finessl.models.cnn import TimmCNN
 from finessl.models.weights import is_random_init, reading_weights_file, seeded
 
-if TYPE_CHECKING:  # types only: config finds this module (options.discover), not the reverse
+if TYPE_CHECKING:  # types only: config imports this module (METHOD_PACKAGES), not the reverse
     from finessl.config import ModelConfig
 
 

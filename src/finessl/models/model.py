@@ -14,7 +14,7 @@ from finessl.models.heads import CosineHead
 from finessl.models.peft import attach_peft
 from finessl.models.zeroshot import semantic_head_weights
 
-if TYPE_CHECKING:  # types only: config finds this module (options.discover), not the reverse
+if TYPE_CHECKING:  # types only: config imports this module (METHOD_PACKAGES), not the reverse
     from finessl.config import ModelConfig
 
 

@@ -11,7 +11,7 @@ from finessl.errors import ConfigError
 from finessl.models.backbone_base import Backbone
 from finessl.registry import Registry
 
-if TYPE_CHECKING:  # types only: config finds this module (options.discover), not the reverse
+if TYPE_CHECKING:  # types only: config imports this module (METHOD_PACKAGES), not the reverse
     from finessl.config import ModelConfig
 
 

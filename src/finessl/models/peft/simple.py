@@ -10,7 +10,7 @@ from finessl.errors import ConfigError
 from finessl.models.backbone_base import Backbone
 from finessl.models.peft.base import PEFT_METHODS, Peft, tuned_blocks
 
-if TYPE_CHECKING:  # types only: config finds this module (options.discover), not the reverse
+if TYPE_CHECKING:  # types only: config imports this module (METHOD_PACKAGES), not the reverse
     from finessl.config import ModelConfig
 
 
