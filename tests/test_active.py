@@ -232,12 +232,14 @@ def test_probcover_covers_every_cluster_before_repeating_one():
 
 
 def test_chunked_kcenter_equals_the_dense_version():
+    """Over rows read back from disk a block at a time (here 7 rows a block)."""
     from finessl.active.strategies import kcenter
+    from finessl.active.unit_rows import UnitRows
 
     rng = np.random.default_rng(4)
-    points = rng.normal(size=(57, 6))
+    points = rng.normal(size=(57, 6)).astype(np.float32)
     points /= np.linalg.norm(points, axis=1, keepdims=True)
-    labeled = rng.normal(size=(9, 6))
+    labeled = rng.normal(size=(9, 6)).astype(np.float32)
     # the dense version, from the definition: the full pool x labeled distance matrix
     nearest = (1.0 - points @ (labeled / np.linalg.norm(labeled, axis=1, keepdims=True)).T).min(axis=1)
     dense = []
@@ -246,8 +248,28 @@ def test_chunked_kcenter_equals_the_dense_version():
         dense.append(i)
         nearest = np.minimum(nearest, 1.0 - points @ points[i])
         nearest[i] = -np.inf
-    chunked = [p.index for p in kcenter(points, labeled, 12, np.random.default_rng(0), chunk=5)]
+    with UnitRows(points, lambda rows: rows, block=7) as rows:
+        assert len(list(rows.blocks())) == 9 and np.array_equal(rows.row(30), points[30])
+        assert np.array_equal(rows.dot(points[3]), points @ points[3])
+        chunked = [p.index for p in kcenter(rows, labeled, 12, np.random.default_rng(0), chunk=5)]
     assert chunked == dense
+
+
+def test_the_search_space_on_disk_holds_the_in_memory_values():
+    """Wide features above 20,000 rows are projected on 128 principal directions: the rows
+    written block by block, and a sample projected alone (ProbCover's), equal the rows of
+    the whole projection."""
+    from finessl.active.unit_rows import UnitRows
+    from finessl.audit.neighbours import fit_space
+
+    features = np.random.default_rng(5).normal(size=(20_500, 160)).astype(np.float16)
+    project = fit_space(features)
+    whole = project(features)
+    assert whole.shape == (20_500, 128)
+    with UnitRows(features, project, block=8192) as rows:
+        assert np.array_equal(np.concatenate([r.copy() for _, r in rows.blocks()]), whole)
+    sample = np.sort(np.random.default_rng(6).choice(len(features), 3000, replace=False))
+    assert np.array_equal(project(features[sample]), whole[sample])
 
 
 def test_the_default_takes_typicality_while_labels_are_few_then_uncertainty():

@@ -45,14 +45,16 @@ MINI_BATCH_ABOVE = 20000  # pools of more rows use mini-batch k-means
 CHUNK = 2048
 
 
-def spaces(pool: Pool, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def spaces(pool: Pool, seed: int, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(pool, labeled) features as unit float32 rows of one search space: for pools above
     ``PROJECT_ABOVE`` rows the top 128 principal directions (k-means and the ball graph cost
-    10x less on 1,280-d features; the clusters barely move)."""
+    10x less on 1,280-d features; the clusters barely move). ``rows``: only these pool rows
+    (in this order), the others are never projected."""
     project = fit_space(pool.features, above=PROJECT_ABOVE, seed=seed)
     labeled = pool.labeled_features
-    return project(pool.features), project(labeled if labeled is not None else
-                                           np.zeros((0, pool.features.shape[1]), np.float32))
+    chosen = pool.features if rows is None else np.asarray(pool.features[rows])
+    return project(chosen), project(labeled if labeled is not None else
+                                    np.zeros((0, pool.features.shape[1]), np.float32))
 
 
 def kmeans(points: np.ndarray, clusters: int, seed: int) -> tuple[np.ndarray, KMeans | MiniBatchKMeans]:
@@ -177,10 +179,10 @@ def covered_by(points: np.ndarray, centres: np.ndarray, radius: float) -> np.nda
 @STRATEGIES.register("probcover")
 def probcover_strategy(pool: Pool, budget: int, rng: np.random.Generator) -> list[Pick]:
     seed = int(rng.integers(2**31))
-    points, labeled = spaces(pool, seed)
-    sample = np.arange(len(points)) if len(points) <= COVER_SAMPLE else \
-        np.sort(rng.choice(len(points), COVER_SAMPLE, replace=False))
-    space = points[sample]
+    size = len(pool.features)
+    sample = np.arange(size) if size <= COVER_SAMPLE else \
+        np.sort(rng.choice(size, COVER_SAMPLE, replace=False))
+    space, labeled = spaces(pool, seed, sample)  # the graph's sample only
     radius = ball_radius(space, pool.num_classes, seed)
     graph = balls(space, radius)
     by_member = graph.tocsc()

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from finessl.active.unit_rows import UnitRows
 from finessl.audit.neighbours import fit_space, normalise, top_k
 from finessl.errors import FinesslError
 from finessl.registry import Registry
@@ -130,24 +131,28 @@ def margin_strategy(pool: Pool, budget: int, rng: np.random.Generator) -> list[P
 def kcenter_strategy(pool: Pool, budget: int, rng: np.random.Generator) -> list[Pick]:
     project = fit_space(pool.features)  # unit rows; 128 principal directions above 20,000 rows
     labeled = None if pool.labeled_features is None else project(pool.labeled_features)
-    return kcenter(project(pool.features), labeled, budget, rng)
+    with UnitRows(pool.features, project) as points:
+        return kcenter(points, labeled, budget, rng)
 
 
-def kcenter(points: np.ndarray, labeled: np.ndarray | None, budget: int, rng: np.random.Generator,
+def kcenter(points: UnitRows, labeled: np.ndarray | None, budget: int, rng: np.random.Generator,
             chunk: int = 2048) -> list[Pick]:
     """Greedy k-center (core-set) on unit rows: repeatedly the image with the largest cosine
     distance to its nearest labeled-or-picked image. The distances to the labeled set are
-    found ``chunk`` rows at a time; each pick then costs one product with the pool."""
+    found ``chunk`` rows at a time; each pick then costs one pass over the pool's rows."""
     if labeled is not None and len(labeled):
-        nearest = 1.0 - top_k(points, normalise(labeled), 1, chunk)[0][:, 0]
+        refs = normalise(labeled)
+        nearest = np.empty(len(points), np.float32)
+        for start, rows in points.blocks():
+            nearest[start:start + len(rows)] = 1.0 - top_k(rows, refs, 1, chunk)[0][:, 0]
     else:  # nothing labeled yet: start from a random image
         first = int(rng.integers(len(points)))
-        nearest = 1.0 - points @ points[first]
+        nearest = 1.0 - points.dot(points.row(first))
     picks: list[Pick] = []
     for _ in range(min(budget, len(points))):
         candidate = int(np.argmax(nearest))
         picks.append(Pick(candidate, float(nearest[candidate]), "farthest from the labeled set"))
-        nearest = np.minimum(nearest, 1.0 - points @ points[candidate])
+        nearest = np.minimum(nearest, 1.0 - points.dot(points.row(candidate)))
         nearest[candidate] = -np.inf
     return picks
 
@@ -202,9 +207,23 @@ def balanced_strategy(pool: Pool, budget: int, rng: np.random.Generator,
     difficulty = class_difficulty(pool)
     allocation = allocate(difficulty, budget, np.bincount(predicted, minlength=num))
     uncertainty = 1.0 - per_row(probs, top2_margin)
-    points = fit_space(pool.features)(pool.features)  # unit rows (128-d above 20,000 rows)
+    with UnitRows(pool.features, fit_space(pool.features)) as points:  # 128-d above 20,000 rows
+        picks, chosen = _balanced_picks(points, predicted, difficulty, allocation, uncertainty,
+                                        rng, duplicate_similarity)
+    if len(picks) < min(budget, len(predicted)):  # near-duplicates everywhere: fill up
+        rest = np.setdiff1d(np.arange(len(predicted)), chosen)
+        extra = _top(uncertainty[rest], budget - len(picks), rng, "uncertain")
+        picks += [Pick(int(rest[p.index]), p.score, p.reason) for p in extra]
+    return picks[:budget]
+
+
+def _balanced_picks(points: UnitRows, predicted: np.ndarray, difficulty: np.ndarray,
+                    allocation: np.ndarray, uncertainty: np.ndarray, rng: np.random.Generator,
+                    duplicate_similarity: float) -> tuple[list[Pick], list[int]]:
+    """Each class's share, its most uncertain images first, near-duplicates skipped."""
     picks: list[Pick] = []
     chosen: list[int] = []
+    taken_rows: list[np.ndarray] = []  # the unit rows of ``chosen``
     spare = 0
     for k in np.argsort(-difficulty, kind="stable"):
         members = np.flatnonzero(predicted == k)
@@ -214,18 +233,16 @@ def balanced_strategy(pool: Pool, budget: int, rng: np.random.Generator,
         for i in ranked:
             if taken == want:
                 break
-            if chosen and float((points[chosen] @ points[i]).max()) > duplicate_similarity:
+            row = points.row(i)
+            if chosen and float((np.stack(taken_rows) @ row).max()) > duplicate_similarity:
                 continue  # a near-duplicate of an image already picked
             chosen.append(int(i))
+            taken_rows.append(row)
             picks.append(Pick(int(i), float(uncertainty[i]),
                               f"class difficulty {difficulty[k]:.2f}, uncertain"))
             taken += 1
         spare = want - taken  # passed on to the next class
-    if len(picks) < min(budget, len(predicted)):  # near-duplicates everywhere: fill up
-        rest = np.setdiff1d(np.arange(len(predicted)), chosen)
-        extra = _top(uncertainty[rest], budget - len(picks), rng, "uncertain")
-        picks += [Pick(int(rest[p.index]), p.score, p.reason) for p in extra]
-    return picks[:budget]
+    return picks, chosen
 
 
 # The default's rule: typical and diverse images while labels are few, class-balanced
