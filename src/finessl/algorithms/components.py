@@ -19,7 +19,7 @@ from finessl.options import EVERY_METHOD, method_options, opt
                          "bms_labeled": "on_labeled", "margin_fixed": "fixed"})
 @dataclass
 class MarginOptions:
-    """Balanced margin softmax (``algorithm.bms``): the margins and the class pace behind them."""
+    """Balanced margin softmax (algorithm.bms): the margins and the class pace behind them."""
 
     alpha: float = opt(8.0, "balanced margin scale alpha", ge=0)
     pace: str = opt("auto", "class pace behind the margins: reference (per-epoch counts), "
@@ -35,7 +35,7 @@ class MarginOptions:
                          "aux_min_confidence": "min_confidence", "aux_stop_gradient": "stop_gradient"})
 @dataclass
 class AuxHeadOptions:
-    """The auxiliary head with decoupled label smoothing (``algorithm.dls``)."""
+    """The auxiliary head with decoupled label smoothing (algorithm.dls)."""
 
     weight: str = opt("auto", "L_u weights: confidence (c'), above_chance ((c' - 1/C) / "
                               "(1 - 1/C)), auto (above_chance below 10 classes)",
