@@ -26,6 +26,7 @@ from finessl.audit.pool_filter import PoolFilter, judge_pool
 from finessl.config import (
     Config,
     apply_overrides,
+    is_resolved,
     is_validated,
     load_config,
     load_preset,
@@ -58,7 +59,7 @@ def as_config(config: Config | str | Path | dict, overrides: dict[str, str] | No
             else load_preset(str(config), overrides)
     elif overrides:
         config = apply_overrides(config, overrides)
-    if is_validated(config, "_resolved_as"):
+    if is_resolved(config):
         return config
     if not is_validated(config):
         validate_config(config)

@@ -332,6 +332,13 @@ def methods_in_use(config: Config) -> dict[str, list[str]]:
 SECTIONS = ("model", "data", "algorithm")
 
 
+def moved_to(dotted: str) -> str | None:
+    """Where an old flat key now lives (``data.csv`` -> ``data.csv.train``), or None."""
+    parts = dotted.split(".")
+    alias = _alias(parts[0], parts[1]) if len(parts) == 2 and parts[0] in SECTIONS else None
+    return ".".join([parts[0], *alias]) if alias else None
+
+
 def _alias(section_name: str, key: str) -> tuple[str, str] | None:
     """An old flat key (``lora_rank``) -> (method, field)."""
     for method, entry in options_of(section_name).items():
@@ -359,9 +366,7 @@ def _check_set_once(flat: dict[str, Any]) -> None:
     ``data.synthetic.classes``) would keep whichever comes last: refused instead."""
     seen: dict[str, str] = {}
     for key in flat:
-        parts = key.split(".")
-        alias = _alias(parts[0], parts[1]) if len(parts) == 2 and parts[0] in SECTIONS else None
-        canonical = ".".join([parts[0], *alias]) if alias else key
+        canonical = moved_to(key) or key
         if canonical in seen:
             raise ConfigError(f"config keys {seen[canonical]!r} and {key!r} are the same setting "
                               f"({canonical}); keep one")
@@ -370,15 +375,14 @@ def _check_set_once(flat: dict[str, Any]) -> None:
 
 def set_value(config: Config, dotted: str, value: Any) -> None:
     """Sets ``section.key`` (or a top-level key) with type checking and coercion."""
+    moved = moved_to(dotted)
+    if moved is not None:  # the old flat key of a method setting
+        try:
+            set_value(config, moved, value)
+        except ConfigError as error:
+            raise ConfigError(f"{error} (set as {dotted})") from None
+        return
     parts = dotted.split(".")
-    if len(parts) == 2 and parts[0] in SECTIONS:
-        alias = _alias(parts[0], parts[1])
-        if alias is not None:  # the old flat key of a method setting
-            try:
-                set_value(config, ".".join([parts[0], *alias]), value)
-            except ConfigError as error:
-                raise ConfigError(f"{error} (set as {dotted})") from None
-            return
     target: Any = config
     for depth, part in enumerate(parts):
         names = [f.name for f in dataclasses.fields(target) if f.name != "methods"]
@@ -463,10 +467,15 @@ def fingerprint(config: Config) -> int:
     return hash(repr(config.to_dict()))
 
 
-def is_validated(config: Config, stamp: str = _VALIDATED) -> bool:
-    """Whether ``config`` passed ``validate_config`` (or, with ``stamp="_resolved_as"``, the
-    builder's name checks too) and has not changed since."""
-    return config.__dict__.get(stamp) == fingerprint(config)
+def is_validated(config: Config) -> bool:
+    """Whether ``config`` passed ``validate_config`` and has not changed since."""
+    return config.__dict__.get(_VALIDATED) == fingerprint(config)
+
+
+def is_resolved(config: Config) -> bool:
+    """Whether ``config`` passed ``mark_resolved`` (the builder's name checks too) and has
+    not changed since."""
+    return config.__dict__.get(_RESOLVED) == fingerprint(config)
 
 
 def mark_resolved(config: Config) -> Config:
