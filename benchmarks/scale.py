@@ -153,14 +153,15 @@ def run(command: list[str], code: Path, interrupt_when=None, launch: bool = True
             "interrupted": interrupted}
 
 
-def table(rows: list[dict]) -> str:
-    """Markdown: one row per command, before / after per pool size (the latest of each)."""
+def table(rows: list[dict], labels: list[str] | None = None) -> str:
+    """Markdown: one row per label and command (``labels`` in that order, by default every
+    label in the order first recorded), a column per pool size (the latest figure of each)."""
     latest = {(r["label"], r["size"], r["command"]): r for r in rows}
     sizes = sorted({r["size"] for r in rows})
     commands = list(dict.fromkeys(r["command"] for r in rows))
     head = "| command | " + " | ".join(f"{s:,}: s, img/s, peak MiB" for s in sizes) + " |"
     lines = [head, "|---|" + "---:|" * len(sizes)]
-    for label in ("before", "after"):
+    for label in labels or dict.fromkeys(r["label"] for r in rows):
         for command in commands:
             cells = []
             for size in sizes:
@@ -194,15 +195,17 @@ def main() -> None:
     parser.add_argument("--batch-size", default="256")
     parser.add_argument("--record", type=Path, default=Path("runs/scale/results.jsonl"))
     parser.add_argument("--doc", action="store_true", help="print the recorded figures as a table")
-    parser.add_argument("--write", type=Path, help="with --doc: also into this file's scale section")
+    parser.add_argument("--write", type=Path, help="with --doc: also into this file's --section")
+    parser.add_argument("--section", default="scale", help="the marked section --write replaces")
+    parser.add_argument("--labels", nargs="+", help="with --doc: these labels, in this order")
     args = parser.parse_args()
     if args.doc:
-        text = table([json.loads(line) for line in args.record.read_text().splitlines()])
+        text = table([json.loads(line) for line in args.record.read_text().splitlines()], args.labels)
         print(text)
         if args.write:
             from harness import write_section
 
-            write_section(args.write, "scale", text + "\n")
+            write_section(args.write, args.section, text + "\n")
         return
     streaming = (args.code / "src" / "finessl" / "pool_pass.py").is_file()
     args.folder.mkdir(parents=True, exist_ok=True)

@@ -250,9 +250,48 @@ def test_chunked_kcenter_equals_the_dense_version():
         nearest[i] = -np.inf
     with UnitRows(points, lambda rows: rows, block=7) as rows:
         assert len(list(rows.blocks())) == 9 and np.array_equal(rows.row(30), points[30])
-        assert np.array_equal(rows.dot(points[3]), points @ points[3])
+        # equal up to rounding: BLAS may sum a 7-row block in another order than 57 rows
+        assert np.allclose(rows.dot(points[3]), points @ points[3], rtol=0, atol=1e-6)
         chunked = [p.index for p in kcenter(rows, labeled, 12, np.random.default_rng(0), chunk=5)]
     assert chunked == dense
+
+
+def test_rows_taken_from_disk_equal_fancy_indexing():
+    from finessl.active.unit_rows import UnitRows
+
+    points = np.random.default_rng(8).normal(size=(41, 5)).astype(np.float32)
+    with UnitRows(points, lambda rows: rows, block=6) as rows:
+        for index in ([3, 4, 5, 6, 7], [40, 0, 17, 17, 2], np.arange(41), []):
+            assert np.array_equal(rows[np.asarray(index, dtype=int)], points[np.asarray(index, dtype=int)])
+        with pytest.raises(IndexError):
+            rows[np.asarray([41])]
+
+
+def test_typiclust_above_its_kmeans_sample_fits_a_sample_and_reads_rows_from_disk(monkeypatch):
+    """With the sample cut to 400 rows of a 1,500-row pool: k-means is the one fitted on
+    exactly the seeded sample, every row gets its nearest centre, the picks made over rows
+    read back from disk equal those over the same rows in memory, and they still cover the
+    five clusters."""
+    from finessl.active import coverage
+    from finessl.active.unit_rows import UnitRows
+
+    monkeypatch.setattr(coverage, "KMEANS_SAMPLE", 400)
+    features, owner = blobs([300] * 5, [0.2] * 5, dims=12, seed=3)
+    points = features.astype(np.float32)
+    with UnitRows(points, lambda rows: rows, block=128) as on_disk:
+        clusters, model = coverage.pool_clusters(on_disk, 5, seed=7)
+        sample = np.sort(np.random.default_rng(7).choice(1500, 400, replace=False))
+        _, alone = coverage.kmeans(points[sample], 5, 7)
+        assert np.allclose(model.cluster_centers_, alone.cluster_centers_)
+        nearest = ((points[:, None, :] - model.cluster_centers_[None]) ** 2).sum(-1).argmin(1)
+        assert np.array_equal(clusters, nearest)
+        none = np.zeros((0, 12), np.float32)
+        from_disk = coverage._typical_picks(on_disk, clusters, model, none, 5, np.random.default_rng(1))
+        in_memory = coverage._typical_picks(points, clusters, model, none, 5, np.random.default_rng(1))
+    assert from_disk == in_memory
+    assert sorted(owner[[p.index for p in from_disk]].tolist()) == [0, 1, 2, 3, 4]
+    chosen = pick("typiclust", Pool(None, features.astype(np.float16), classes=5), 5)
+    assert sorted(owner[chosen].tolist()) == [0, 1, 2, 3, 4]
 
 
 def test_the_search_space_on_disk_holds_the_in_memory_values():

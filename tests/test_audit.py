@@ -140,6 +140,14 @@ def test_a_flipped_label_is_the_first_suspect(task):
     assert suspects[0].score > 0.5 > suspects[1].score
 
 
+def test_copy_groups_join_chains_of_pairs_and_leave_other_rows_out():
+    from finessl.audit.neighbours import groups
+
+    pairs = [(5, 9, 1.0), (2, 3, 0.999), (0, 5, 0.999), (9, 0, 1.0), (7, 8, 1.0), (3, 11, 1.0)]
+    assert groups(pairs, 12) == [[0, 5, 9], [2, 3, 11], [7, 8]]  # largest first, then first row
+    assert groups([], 4) == []
+
+
 def test_duplicates_and_test_copies_are_found():
     rng = np.random.default_rng(4)
     thumbs = normalise(rng.normal(size=(30, 16)))

@@ -277,3 +277,36 @@ def test_test_predictions_are_written_when_asked_in_float16(tmp_path, when):
         assert tensors["logits"].dtype == np.float16 and len(tensors["labels"]) == len(tensors["logits"])
         logits, labels = RunDir(out).load_predictions()
         assert logits.dtype == torch.float32
+
+
+_HEAP_PROBE = """
+import sys
+import numpy as np
+from finessl.device import return_large_frees_to_the_os
+applied = return_large_frees_to_the_os() if sys.argv[1] == "fixed" else None
+def resident():
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * 4096
+before = resident()
+for _ in range(3):  # the first free of an 8 MiB buffer raises glibc's threshold by default
+    block = np.ones(8 << 20, np.uint8)
+    del block
+print(applied, resident() - before)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs Linux /proc")
+def test_whole_pool_commands_give_large_freed_buffers_back_to_the_os():
+    """By default glibc keeps a freed 8 MiB buffer in its heap once it has seen one; with
+    the whole-pool commands' fixed threshold the memory goes back (RSS as before)."""
+    def probe(mode: str) -> tuple[str, int]:
+        out = subprocess.run([sys.executable, "-c", _HEAP_PROBE, mode], capture_output=True, text=True,
+                             check=True, timeout=300).stdout.split()
+        return out[0], int(out[1])
+
+    applied, kept = probe("fixed")
+    if applied != "True":
+        pytest.skip("not glibc: mallopt is not there")
+    _, kept_by_default = probe("default")
+    assert kept_by_default >= 7 << 20  # the phenomenon this guards against
+    assert kept < 2 << 20

@@ -674,7 +674,7 @@ def build_parser() -> argparse.ArgumentParser:
     estimate.add_argument("--method", help="estimator (default: the run's train.estimate)")
     estimate.add_argument("--out", help="also write the estimate to this JSON file")
     estimate.add_argument("--device", default="auto")
-    estimate.set_defaults(func=cmd_estimate)
+    estimate.set_defaults(func=cmd_estimate, whole_pool=True)
 
     predict = sub.add_parser("predict", help="classify images with a trained run")
     predict.add_argument("--run", help="run directory")
@@ -684,7 +684,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("paths", nargs="+", help="images, folders of images or CSV lists")
     predict.add_argument("--top-k", type=positive_int, default=1)
     _image_pool_args(predict, sharded=True)
-    predict.set_defaults(func=cmd_predict)
+    predict.set_defaults(func=cmd_predict, whole_pool=True)
 
     label = sub.add_parser("label", help="auto-label an unlabeled pool into a CSV",
                            description="Predicts every image and keeps those at or above "
@@ -696,7 +696,7 @@ def build_parser() -> argparse.ArgumentParser:
     label.add_argument("--max-per-class", type=positive_int)
     _image_pool_args(label, sharded=True)
     _format_args(label)
-    label.set_defaults(func=cmd_label)
+    label.set_defaults(func=cmd_label, whole_pool=True)
 
     from finessl.active.strategies import STRATEGIES
 
@@ -720,7 +720,7 @@ def build_parser() -> argparse.ArgumentParser:
     suggest.add_argument("--seed", type=non_negative_int, default=0)
     _image_pool_args(suggest, sharded=True)
     _format_args(suggest)
-    suggest.set_defaults(func=cmd_suggest)
+    suggest.set_defaults(func=cmd_suggest, whole_pool=True)
 
     audit = sub.add_parser(
         "audit", help="check the data before training: out-of-distribution and duplicate pool "
@@ -739,7 +739,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--batch-size", type=positive_int, default=128)
     audit.add_argument("--workers", type=worker_count, default=0, help="image-loading processes")
     audit.add_argument("--device", default="auto")
-    audit.set_defaults(func=cmd_audit)
+    audit.set_defaults(func=cmd_audit, whole_pool=True)
 
     loop = sub.add_parser("loop", help="simulate labeling rounds to compare suggestion strategies",
                           description="Round 0 trains the configuration; each next round suggests "
@@ -842,6 +842,10 @@ def main(argv: list[str] | None = None) -> int:
         if rest and not getattr(args, "takes_overrides", False):
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         overrides = parse_overrides(rest) if rest else {}
+        if getattr(args, "whole_pool", False):  # blocks of every size, one per shard or cluster
+            from finessl.device import return_large_frees_to_the_os
+
+            return_large_frees_to_the_os()
         return args.func(args, overrides)
     except TrainingInterrupted as error:
         print(f"finessl: stopped: {error}", file=sys.stderr)

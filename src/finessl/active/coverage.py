@@ -16,10 +16,13 @@ the very first labels, before any model is trained (``finessl suggest`` without 
 
 Memory stays bounded for a million-image pool: features are kept as given (float16 or
 float32), projected to 128 dimensions above 2,000 rows (``fit_space``), and every
-distance computation is chunked — never an N x N or N x labeled matrix. Typicality is
-measured against at most ``TYPICALITY_REFS`` members of a cluster, and ProbCover's graph is
-built on a seeded sample of at most ``COVER_SAMPLE`` images (each ball capped at its
-``BALL_CAP`` nearest), which is what makes it linear in the pool.
+distance computation is chunked — never an N x N or N x labeled matrix. TypiClust's
+projected rows wait on disk (``UnitRows``) once the pool is larger than ``KMEANS_SAMPLE``:
+k-means is fitted on a seeded sample of that many, every row assigned a block at a time,
+and typicality is measured against at most ``TYPICALITY_REFS`` members of a cluster read
+back from the file. ProbCover's graph is built on a seeded sample of at most
+``COVER_SAMPLE`` images (each ball capped at its ``BALL_CAP`` nearest), which is what
+makes it linear in the pool.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from scipy import sparse
 from sklearn.cluster import KMeans, MiniBatchKMeans
 
 from finessl.active.strategies import STRATEGIES, Pick, Pool
+from finessl.active.unit_rows import UnitRows
 from finessl.audit.neighbours import fit_space, top_k
 
 NEIGHBOURS = 20  # TypiClust's k for typicality
@@ -42,6 +46,7 @@ COVER_SAMPLE = 20000  # images ProbCover's graph is built on
 BALL_CAP = 1000  # nearest images a ball may hold
 PROJECT_ABOVE = 2000  # pools of more rows are clustered in 128 principal directions
 MINI_BATCH_ABOVE = 20000  # pools of more rows use mini-batch k-means
+KMEANS_SAMPLE = 100_000  # TypiClust's k-means is fitted on a seeded sample of this many rows
 CHUNK = 2048
 
 
@@ -78,7 +83,7 @@ def distances_to_neighbours(queries: np.ndarray, refs: np.ndarray, k: int,
     return (distances * keep).sum(axis=1) / np.maximum(keep.sum(axis=1), 1)
 
 
-def typicality(points: np.ndarray, members: np.ndarray, rng: np.random.Generator,
+def typicality(points: np.ndarray | UnitRows, members: np.ndarray, rng: np.random.Generator,
                k: int = NEIGHBOURS) -> tuple[np.ndarray, np.ndarray]:
     """(scored members, their typicality) for one cluster: 1 / mean distance to the ``k``
     nearest other members (of a seeded sample of at most ``TYPICALITY_REFS``)."""
@@ -94,16 +99,45 @@ def typicality(points: np.ndarray, members: np.ndarray, rng: np.random.Generator
     return queries, 1.0 / np.maximum(spread, 1e-8)
 
 
+def pool_clusters(points: np.ndarray | UnitRows, clusters: int,
+                  seed: int) -> tuple[np.ndarray, KMeans | MiniBatchKMeans]:
+    """(cluster of every pool row as int32, the fitted model). Up to ``KMEANS_SAMPLE`` rows
+    k-means sees them all; above, it is fitted on a seeded sample of that many and every
+    row is then assigned to its nearest centre a block at a time, so a pool of millions
+    never sits in memory (at most ``MAX_CLUSTERS`` clusters: 200 sample rows a cluster or more)."""
+    if len(points) <= KMEANS_SAMPLE:
+        whole = points if isinstance(points, np.ndarray) else points[np.arange(len(points))]
+        labels, model = kmeans(whole, clusters, seed)
+        return labels.astype(np.int32), model
+    sample = np.sort(np.random.default_rng(seed).choice(len(points), KMEANS_SAMPLE, replace=False))
+    _, model = kmeans(points[sample], clusters, seed)
+    labels = np.empty(len(points), np.int32)
+    for start, rows in points.blocks():
+        labels[start:start + len(rows)] = model.predict(rows)
+    return labels, model
+
+
 @STRATEGIES.register("typiclust")
 def typiclust_strategy(pool: Pool, budget: int, rng: np.random.Generator) -> list[Pick]:
     seed = int(rng.integers(2**31))
-    points, labeled = spaces(pool, seed)
-    budget = min(budget, len(points))
-    clusters, model = kmeans(points, min(len(labeled) + budget, MAX_CLUSTERS), seed)
+    project = fit_space(pool.features, above=PROJECT_ABOVE, seed=seed)
+    labeled = project(pool.labeled_features if pool.labeled_features is not None else
+                      np.zeros((0, pool.features.shape[1]), np.float32))
+    with UnitRows(pool.features, project) as on_disk:
+        # a pool k-means sees whole is read into memory once; a larger one stays on disk
+        points = on_disk[np.arange(len(on_disk))] if len(on_disk) <= KMEANS_SAMPLE else on_disk
+        budget = min(budget, len(on_disk))
+        clusters, model = pool_clusters(points, min(len(labeled) + budget, MAX_CLUSTERS), seed)
+        return _typical_picks(points, clusters, model, labeled, budget, rng)
+
+
+def _typical_picks(points: np.ndarray | UnitRows, clusters: np.ndarray, model, labeled: np.ndarray,
+                   budget: int, rng: np.random.Generator) -> list[Pick]:
+    """Repeatedly the largest cluster with the fewest labels gives its most typical image."""
     count = int(clusters.max()) + 1
     sizes = np.bincount(clusters, minlength=count)
     covered = np.bincount(model.predict(labeled), minlength=count) if len(labeled) else np.zeros(count, int)
-    taken = np.zeros(len(points), dtype=bool)
+    taken = np.zeros(len(clusters), dtype=bool)
     scored: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     picks: list[Pick] = []
     while len(picks) < budget:

@@ -57,6 +57,21 @@ class UnitRows:
     def row(self, index: int) -> np.ndarray:
         return self._read(int(index), 1, np.empty((1, self.dims), np.float32))[0]
 
+    def __getitem__(self, indices: np.ndarray) -> np.ndarray:
+        """The rows at ``indices`` (any order, repeats allowed) as a new [len, D] array:
+        one read per run of consecutive rows, so a sample costs its own size only."""
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if len(indices) and (indices.min() < 0 or indices.max() >= self.rows):
+            raise IndexError(f"rows {indices.min()}..{indices.max()} of a {self.rows}-row space")
+        wanted = np.unique(indices)
+        out = np.empty((len(wanted), self.dims), np.float32)
+        breaks = np.flatnonzero(np.diff(wanted) != 1) + 1
+        for run, at in zip(np.split(wanted, breaks), np.concatenate([[0], breaks])):
+            if len(run):
+                self._read(int(run[0]), len(run), out[at:at + len(run)])
+        return out if len(wanted) == len(indices) and np.array_equal(wanted, indices) \
+            else out[np.searchsorted(wanted, indices)]
+
     def dot(self, vector: np.ndarray) -> np.ndarray:
         """``rows @ vector`` for every row: [N] float32."""
         out = np.empty(self.rows, np.float32)

@@ -8,7 +8,7 @@ is the configuration's, split exactly as training would split it. What comes bac
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,6 +22,7 @@ from finessl.audit.suspects import Suspect, label_suspects
 from finessl.config import Config
 from finessl.data.augment import build_transforms
 from finessl.data.extra_labels import item_id
+from finessl.data.path_list import PathList
 from finessl.data.ssl_data import SSLData, build_ssl_data
 from finessl.device import resolve_device
 
@@ -49,7 +50,7 @@ class Audit:
     """Everything the audit found; positions index ``labeled`` / ``pool`` / ``test``."""
 
     classes: list[str]
-    names: dict[str, list[str]]  # "labeled" / "pool" / "test" -> image names, scan order
+    names: dict[str, Sequence[str]]  # "labeled" / "pool" / "test" -> image names, scan order
     labeled: Scan
     labels: np.ndarray
     pool: Scan
@@ -88,15 +89,19 @@ def audit(config: Config, run_dir: str | None = None, settings: AuditSettings | 
                     settings.workers, progress)
 
     pool_indices = np.setdiff1d(data.unlabeled_indices, data.labeled_indices)
-    labeled, pool = scan_of(source.train, data.labeled_indices), scan_of(source.train, pool_indices)
+    # one scan of the training images, labeled first: the two sets are views of it, and the
+    # duplicate search reads it whole without a concatenated copy
+    train = scan_of(source.train, np.concatenate([data.labeled_indices, pool_indices]))
+    cut = int(np.isin(train.indices, data.labeled_indices).sum())  # the readable labeled images
+    labeled, pool = train.subset(slice(0, cut)), train.subset(slice(cut, None))
     test = scan_of(source.test, data.test.indices)
     labels = np.asarray([_label(data, int(i)) for i in labeled.indices], dtype=np.int64)
-    names = {"labeled": [item_id(config.data.name, source, int(i)) for i in labeled.indices],
-             "pool": [item_id(config.data.name, source, int(i)) for i in pool.indices],
-             "test": [_test_id(config.data.name, source, int(i)) for i in test.indices]}
-    failed = [(item_id(config.data.name, source, i), why) for i, why in labeled.failed + pool.failed]
+    names = {"labeled": PathList.of(item_id(config.data.name, source, int(i)) for i in labeled.indices),
+             "pool": PathList.of(item_id(config.data.name, source, int(i)) for i in pool.indices),
+             "test": PathList.of(_test_id(config.data.name, source, int(i)) for i in test.indices)}
+    failed = [(item_id(config.data.name, source, i), why) for i, why in train.failed]
     failed += [(_test_id(config.data.name, source, i), why) for i, why in test.failed]
-    result = _checks(data.classes, names, labeled, labels, pool, test, failed, settings, model)
+    result = _checks(data.classes, names, train, cut, labels, test, failed, settings, model)
 
     def image(kind: str, position: int):
         found = {"labeled": labeled, "pool": pool, "test": test}[kind]
@@ -107,31 +112,30 @@ def audit(config: Config, run_dir: str | None = None, settings: AuditSettings | 
     return result
 
 
-def _checks(classes, names, labeled: Scan, labels, pool: Scan, test: Scan, failed, settings,
+def _checks(classes, names, train: Scan, cut: int, labels, test: Scan, failed, settings,
             model: str) -> Audit:
+    """Every check over the scans; ``train``'s first ``cut`` rows are the labeled images."""
     C = len(classes)
+    labeled, pool = train.subset(slice(0, cut)), train.subset(slice(cut, None))
     score = OOD_SCORES.get(settings.score)
-    feats = {k: s.features.astype(np.float32) for k, s in (("l", labeled), ("p", pool), ("t", test))}
-    ood_scores = score(feats["p"], feats["l"], labels, C) if len(pool) else np.zeros(0)
-    fraction, labeled_scores = ood_fraction(settings.score, feats["p"], feats["l"], labels, C,
-                                            settings.seed) if len(pool) else (0.0, np.zeros(0))
+    # features stay float16 (unit rows): each check converts the rows it works on
+    ood_scores = score(pool.features, labeled.features, labels, C) if len(pool) else np.zeros(0)
+    fraction, labeled_scores = ood_fraction(settings.score, pool.features, labeled.features, labels,
+                                            C, settings.seed) if len(pool) else (0.0, np.zeros(0))
     flagged = np.zeros(len(pool), dtype=bool)
     count = int(round(fraction * len(pool)))
     if count:
         flagged[np.argsort(-ood_scores, kind="stable")[:count]] = True
-    train = Scan(np.concatenate([labeled.indices, pool.indices]), np.concatenate([feats["l"], feats["p"]]),
-                 np.concatenate([labeled.digests, pool.digests]),
-                 np.concatenate([labeled.thumbnails, pool.thumbnails]),
-                 np.concatenate([labeled.sizes, pool.sizes]))
     train_names = names["labeled"] + names["pool"]
     groups = duplicate_groups(train.thumbnails, train.features, train.digests, settings.near_similarity)
     leaks = [(train_names[leak.train], names["test"][leak.test], leak.kind, leak.similarity)
              for leak in _leaks(train, test, settings)]
-    classifier = PrototypeClassifier(feats["l"], labels, C)
-    in_task = feats["p"][~flagged]
+    labeled_features = labeled.features.astype(np.float32)
+    classifier = PrototypeClassifier(labeled_features, labels, C)
+    in_task = pool.features[~flagged]
     prior = em_prior(classifier.probabilities(in_task), classifier.train_prior) if len(in_task) \
         else classifier.train_prior
-    suspects = label_suspects(feats["l"], labels, in_task, C, classifier)
+    suspects = label_suspects(labeled_features, labels, in_task, C, classifier)
     return Audit(classes, names, labeled, labels, pool, test, ood_scores, labeled_scores, fraction,
                  flagged, [[train_names[i] for i in g] for g in groups], leaks, suspects, prior,
                  classifier.train_prior, missing_classes(prior, classes), failed, settings, model)

@@ -11,6 +11,8 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from scipy import sparse
+from scipy.sparse.csgraph import connected_components
 
 
 def normalise(features: np.ndarray) -> np.ndarray:
@@ -92,31 +94,25 @@ def pairs_above(features: np.ndarray, threshold: float, chunk: int = 1024,
     """``(i, j, similarity)`` with ``i < j`` for rows at least ``threshold`` similar, among
     each row's ``neighbours`` nearest (enough to find every near-copy group of that size)."""
     sims, idx = top_k(features, features, neighbours, chunk, skip_self=True)
-    found = {}
-    for i in range(len(features)):
-        for s, j in zip(sims[i], idx[i]):
-            if s < threshold:
-                break
-            a, b = (i, int(j)) if i < j else (int(j), i)
-            found[(a, b)] = float(s)
-    return sorted((a, b, s) for (a, b), s in found.items())
+    keep = sims >= threshold
+    first = np.repeat(np.arange(len(features)), keep.sum(axis=1))  # row-major, as idx[keep]
+    other, similarity = idx[keep], sims[keep]
+    low, high = np.minimum(first, other), np.maximum(first, other)
+    _, once = np.unique(low * len(features) + high, return_index=True)  # sorted by (low, high)
+    return list(zip(low[once].tolist(), high[once].tolist(), similarity[once].tolist()))
 
 
 def groups(pairs: list[tuple[int, int, float]], size: int) -> list[list[int]]:
-    """Connected groups (union-find) of the pairs, each sorted, largest first."""
-    parent = list(range(size))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for a, b, _ in pairs:
-        ra, rb = root(a), root(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    collected: dict[int, set[int]] = {}
-    for a, b, _ in pairs:
-        collected.setdefault(root(a), set()).update((a, b))
-    return sorted((sorted(g) for g in collected.values()), key=lambda g: (-len(g), g[0]))
+    """Connected groups of the pairs (scipy's connected components over the pairs' graph),
+    each sorted, largest first; rows in no pair are in no group."""
+    if not pairs:
+        return []
+    ends = np.asarray([(a, b) for a, b, _ in pairs], dtype=np.int64)
+    graph = sparse.coo_matrix((np.ones(len(ends), np.int8), (ends[:, 0], ends[:, 1])), shape=(size, size))
+    _, component = connected_components(graph, directed=False)
+    members = np.unique(ends)
+    owner = component[members]
+    order = np.argsort(owner, kind="stable")
+    cuts = np.flatnonzero(np.diff(owner[order])) + 1
+    found = [group.tolist() for group in np.split(members[order], cuts)]
+    return sorted(found, key=lambda g: (-len(g), g[0]))

@@ -8,7 +8,7 @@ import base64
 import csv
 import html
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -75,11 +75,11 @@ def exclusions(result: Audit) -> list[tuple[str, str]]:
         rows[result.names["pool"][i]] = f"out of distribution (score {result.ood_scores[i]:.3f})"
     for train, test, kind, _ in result.leaks:
         rows.setdefault(train, f"{kind} copy of test image {test}")
-    pool = set(result.names["pool"])
+    labeled = set(result.names["labeled"])  # the few seed images; the rest is the pool
     for group in result.duplicate_groups:
-        keep = next((p for p in group if p not in pool), group[0])  # a labeled copy if there is one
+        keep = next((p for p in group if p in labeled), group[0])  # a labeled copy if there is one
         for path in group:
-            if path != keep and path in pool:
+            if path != keep and path not in labeled:
                 rows.setdefault(path, f"duplicate of {keep}")
     return sorted(rows.items())
 
@@ -92,8 +92,8 @@ def write_audit(result: Audit, out: Path, image: Callable[[str, int], object] | 
     write_json(out / AUDIT_JSON, data)
     names = result.names
     order = np.argsort(-result.ood_scores, kind="stable")
-    _csv(out / "ood.csv", ["path", "score", "judged_ood"],
-         [[names["pool"][i], f"{result.ood_scores[i]:.6f}", int(result.ood_flagged[i])] for i in order])
+    _csv(out / "ood.csv", ["path", "score", "judged_ood"],  # a row per pool image: streamed
+         ([names["pool"][i], f"{result.ood_scores[i]:.6f}", int(result.ood_flagged[i])] for i in order))
     _csv(out / "duplicates.csv", ["group", "path"],
          [[g, p] for g, group in enumerate(result.duplicate_groups) for p in group])
     _csv(out / "test_leaks.csv", ["path", "test_path", "kind", "similarity"],
@@ -109,7 +109,7 @@ def write_audit(result: Audit, out: Path, image: Callable[[str, int], object] | 
     return page
 
 
-def _csv(path: Path, header: list[str], rows: list[list]) -> None:
+def _csv(path: Path, header: list[str], rows: Iterable[list]) -> None:
     def write(tmp: Path) -> None:
         with tmp.open("w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)

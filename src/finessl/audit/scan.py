@@ -39,7 +39,8 @@ class Scan:
     def __len__(self) -> int:
         return len(self.indices)
 
-    def subset(self, keep: np.ndarray) -> Scan:
+    def subset(self, keep: np.ndarray | slice) -> Scan:
+        """The rows ``keep`` (views of these arrays for a slice); ``failed`` is not carried."""
         return Scan(self.indices[keep], self.features[keep], self.digests[keep],
                     self.thumbnails[keep], self.sizes[keep])
 
@@ -83,23 +84,28 @@ def scan(encode: Callable[[torch.Tensor], torch.Tensor], source: Dataset, indice
     """Encodes ``source[indices]`` in batches; ``encode`` maps images to ``[B, D]`` features."""
     loader = DataLoader(_Items(source, indices, transform, image_size), batch_size=batch_size,
                         num_workers=workers)
-    feats, positions, digests, thumbs, sizes, failed = [], [], [], [], [], []
     indices = np.asarray(indices)
+    total = len(indices)
+    # filled in place, row by row: no list of batches to concatenate (twice the memory)
+    positions, digests = np.empty(total, np.int64), np.empty(total, "S16")
+    thumbs, sizes = np.empty((total, THUMB * THUMB), np.float16), np.empty((total, 2), np.int32)
+    feats = np.zeros((0, 1), np.float16)
+    failed, filled = [], 0
     for images, where, digest, thumb, width, height, errors in loader:
         ok = [i for i, e in enumerate(errors) if not e]
         failed += [(int(indices[int(where[i])]), errors[i]) for i, e in enumerate(errors) if e]
         if ok:
-            out = encode(images[ok].to(device)).float().cpu().numpy()
-            feats.append(normalise(out).astype(np.float16))
-            positions.append(where[ok].numpy())
-            digests += [digest[i] for i in ok]
-            thumbs.append(thumb[ok].numpy().astype(np.float16))
-            sizes.append(np.stack([width[ok].numpy(), height[ok].numpy()], axis=1))
+            out = normalise(encode(images[ok].to(device)).float().cpu().numpy())
+            if len(feats) != total:  # the first batch tells the feature width
+                feats = np.empty((total, out.shape[1]), np.float16)
+            rows = slice(filled, filled + len(ok))
+            feats[rows] = out
+            positions[rows] = where[ok].numpy()
+            digests[rows] = [digest[i] for i in ok]
+            thumbs[rows] = thumb[ok].numpy()
+            sizes[rows] = np.stack([width[ok].numpy(), height[ok].numpy()], axis=1)
+            filled += len(ok)
         if progress is not None:
             progress(len(errors))
-    if not positions:
-        return Scan(np.zeros(0, np.int64), np.zeros((0, 1), np.float16), np.zeros(0, "S16"),
-                    np.zeros((0, THUMB * THUMB), np.float16), np.zeros((0, 2), np.int32), failed)
-    kept = np.concatenate(positions)
-    return Scan(indices[kept].astype(np.int64), np.concatenate(feats), np.asarray(digests, dtype="S16"),
-                np.concatenate(thumbs), np.concatenate(sizes).astype(np.int32), failed)
+    return Scan(indices[positions[:filled]].astype(np.int64), feats[:filled], digests[:filled],
+                thumbs[:filled], sizes[:filled], failed)

@@ -33,7 +33,7 @@ def label_suspects(labeled: np.ndarray, labels: np.ndarray, pool: np.ndarray, cl
     loo = classifier.loo_probabilities()
     pool_probs = classifier.probabilities(pool) if len(pool) else np.zeros((0, classes))
     sure = pool_probs.max(axis=1) >= confident if len(pool) else np.zeros(0, bool)
-    refs = np.concatenate([np.asarray(labeled, np.float32), np.asarray(pool, np.float32)[sure]])
+    refs = np.concatenate([np.asarray(labeled, np.float32), np.asarray(pool[sure], np.float32)])
     ref_labels = np.concatenate([labels, pool_probs[sure].argmax(axis=1)]).astype(np.int64)
     # Leave-one-out: the labeled rows come first in refs, so a query never votes for itself.
     votes = _votes_without_self(labeled, refs, ref_labels, classes, neighbours)
