@@ -299,9 +299,12 @@ print(applied, resident() - before)
 def test_whole_pool_commands_give_large_freed_buffers_back_to_the_os():
     """By default glibc keeps a freed 8 MiB buffer in its heap once it has seen one; with
     the whole-pool commands' fixed threshold the memory goes back (RSS as before)."""
+    # glibc's own defaults: no allocator settings from the environment
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_TUNABLES"))}
+
     def probe(mode: str) -> tuple[str, int]:
         out = subprocess.run([sys.executable, "-c", _HEAP_PROBE, mode], capture_output=True, text=True,
-                             check=True, timeout=300).stdout.split()
+                             check=True, timeout=300, env=env).stdout.split()
         return out[0], int(out[1])
 
     applied, kept = probe("fixed")
