@@ -92,7 +92,7 @@ def return_large_frees_to_the_os(threshold: int = FREED_TO_OS_ABOVE) -> bool:
     when it is freed. By default glibc raises that threshold to the largest buffer freed so
     far (up to 32 MiB) and serves such buffers from its heap, where the holes of a command
     that allocates blocks of ever-different sizes (one per shard, per cluster) are seldom
-    reused: TypiClust over a million images peaked 340 MiB higher (docs/performance.md).
+    reused: TypiClust over a million images peaked ~390 MiB higher (docs/performance.md).
     A fixed threshold turns that off; the whole-pool commands call this, training does not
     (its buffers repeat in size, and the heap serves them faster). Returns whether it
     applied: False off glibc (macOS, musl), where nothing changes."""

@@ -101,15 +101,16 @@ def typicality(points: np.ndarray | UnitRows, members: np.ndarray, rng: np.rando
 
 def pool_clusters(points: np.ndarray | UnitRows, clusters: int,
                   seed: int) -> tuple[np.ndarray, KMeans | MiniBatchKMeans]:
-    """(cluster of every pool row as int32, the fitted model). Up to ``KMEANS_SAMPLE`` rows
-    k-means sees them all; above, it is fitted on a seeded sample of that many and every
-    row is then assigned to its nearest centre a block at a time, so a pool of millions
-    never sits in memory (at most ``MAX_CLUSTERS`` clusters: 200 sample rows a cluster or more)."""
-    if len(points) <= KMEANS_SAMPLE:
-        whole = points if isinstance(points, np.ndarray) else points[np.arange(len(points))]
-        labels, model = kmeans(whole, clusters, seed)
+    """(cluster of every pool row as int32, the fitted model). Rows in memory are clustered
+    whole; rows on disk (a pool above ``KMEANS_SAMPLE``) by k-means fitted on a seeded sample
+    of that many, every row then assigned to its nearest centre a block at a time, so a pool
+    of millions never sits in memory (at most ``MAX_CLUSTERS`` clusters: 200 sample rows a
+    cluster or more)."""
+    if isinstance(points, np.ndarray):
+        labels, model = kmeans(points, clusters, seed)
         return labels.astype(np.int32), model
-    sample = np.sort(np.random.default_rng(seed).choice(len(points), KMEANS_SAMPLE, replace=False))
+    size = min(KMEANS_SAMPLE, len(points))
+    sample = np.sort(np.random.default_rng(seed).choice(len(points), size, replace=False))
     _, model = kmeans(points[sample], clusters, seed)
     labels = np.empty(len(points), np.int32)
     for start, rows in points.blocks():

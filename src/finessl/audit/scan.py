@@ -89,14 +89,14 @@ def scan(encode: Callable[[torch.Tensor], torch.Tensor], source: Dataset, indice
     # filled in place, row by row: no list of batches to concatenate (twice the memory)
     positions, digests = np.empty(total, np.int64), np.empty(total, "S16")
     thumbs, sizes = np.empty((total, THUMB * THUMB), np.float16), np.empty((total, 2), np.int32)
-    feats = np.zeros((0, 1), np.float16)
+    feats: np.ndarray | None = None  # [N, D] once the first batch tells D
     failed, filled = [], 0
     for images, where, digest, thumb, width, height, errors in loader:
         ok = [i for i, e in enumerate(errors) if not e]
         failed += [(int(indices[int(where[i])]), errors[i]) for i, e in enumerate(errors) if e]
         if ok:
             out = normalise(encode(images[ok].to(device)).float().cpu().numpy())
-            if len(feats) != total:  # the first batch tells the feature width
+            if feats is None:
                 feats = np.empty((total, out.shape[1]), np.float16)
             rows = slice(filled, filled + len(ok))
             feats[rows] = out
@@ -107,5 +107,6 @@ def scan(encode: Callable[[torch.Tensor], torch.Tensor], source: Dataset, indice
             filled += len(ok)
         if progress is not None:
             progress(len(errors))
-    return Scan(indices[positions[:filled]].astype(np.int64), feats[:filled], digests[:filled],
+    feats = np.zeros((0, 1), np.float16) if feats is None else feats[:filled]
+    return Scan(indices[positions[:filled]].astype(np.int64), feats, digests[:filled],
                 thumbs[:filled], sizes[:filled], failed)
