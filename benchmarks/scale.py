@@ -9,7 +9,7 @@ process's peak RSS (``wait4``; image-decoding workers not counted):
 * ``predict``, ``label``  the whole pool to a CSV;
 * ``suggest``  each strategy; the first run scores the pool, the others reuse its kept
   shards (``--keep-shards``), so their figures are the selection alone;
-* ``audit``    ``finessl audit`` on the pool (not streamed: features kept in memory);
+* ``audit``    ``finessl audit`` on the pool (above 100 k images its rows wait on disk);
 * ``resume``   ``label`` interrupted (SIGINT) half way, then run again: the second run
   skips the finished shards and its CSV must equal the uninterrupted one;
 * ``torchrun`` ``predict`` with two processes (gloo): the CSV must equal one process's.

@@ -234,7 +234,7 @@ def test_probcover_covers_every_cluster_before_repeating_one():
 def test_chunked_kcenter_equals_the_dense_version():
     """Over rows read back from disk a block at a time (here 7 rows a block)."""
     from finessl.active.strategies import kcenter
-    from finessl.active.unit_rows import UnitRows
+    from finessl.audit.row_file import UnitRows
 
     rng = np.random.default_rng(4)
     points = rng.normal(size=(57, 6)).astype(np.float32)
@@ -257,7 +257,7 @@ def test_chunked_kcenter_equals_the_dense_version():
 
 
 def test_rows_taken_from_disk_equal_fancy_indexing():
-    from finessl.active.unit_rows import UnitRows
+    from finessl.audit.row_file import UnitRows
 
     points = np.random.default_rng(8).normal(size=(41, 5)).astype(np.float32)
     with UnitRows(points, lambda rows: rows, block=6) as rows:
@@ -273,7 +273,7 @@ def test_typiclust_above_its_kmeans_sample_fits_a_sample_and_reads_rows_from_dis
     read back from disk equal those over the same rows in memory, and they still cover the
     five clusters."""
     from finessl.active import coverage
-    from finessl.active.unit_rows import UnitRows
+    from finessl.audit.row_file import UnitRows
 
     monkeypatch.setattr(coverage, "KMEANS_SAMPLE", 400)
     features, owner = blobs([300] * 5, [0.2] * 5, dims=12, seed=3)
@@ -298,8 +298,8 @@ def test_the_search_space_on_disk_holds_the_in_memory_values():
     """Wide features above 20,000 rows are projected on 128 principal directions: the rows
     written block by block, and a sample projected alone (ProbCover's), equal the rows of
     the whole projection."""
-    from finessl.active.unit_rows import UnitRows
     from finessl.audit.neighbours import fit_space
+    from finessl.audit.row_file import UnitRows
 
     features = np.random.default_rng(5).normal(size=(20_500, 160)).astype(np.float16)
     project = fit_space(features)

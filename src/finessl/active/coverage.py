@@ -33,8 +33,8 @@ from scipy import sparse
 from sklearn.cluster import KMeans, MiniBatchKMeans
 
 from finessl.active.strategies import STRATEGIES, Pick, Pool
-from finessl.active.unit_rows import UnitRows
 from finessl.audit.neighbours import fit_space, top_k
+from finessl.audit.row_file import UnitRows
 
 NEIGHBOURS = 20  # TypiClust's k for typicality
 MIN_CLUSTER = 5  # TypiClust skips clusters smaller than this

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from finessl.active.unit_rows import UnitRows
 from finessl.audit.neighbours import fit_space, normalise, top_k
+from finessl.audit.row_file import UnitRows
 from finessl.errors import FinesslError
 from finessl.registry import Registry
 

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from finessl.audit.duplicates import Leak, duplicate_groups, find_test_copies
-from finessl.audit.ood import OOD_SCORES, ood_fraction
+from finessl.audit.ood import OOD_SCORES, ood_check
 from finessl.audit.prior import em_prior, missing_classes
 from finessl.audit.prototypes import PrototypeClassifier
+from finessl.audit.row_file import blocks_of
 from finessl.audit.scan import Scan, scan
 from finessl.audit.suspects import Suspect, label_suspects
 from finessl.config import Config
@@ -33,6 +34,9 @@ log = logging.getLogger(__name__)
 # lie above 0.998, different images below.
 NEAR_SIMILARITY = 0.998
 DEFAULT_SCORE = "propagation"
+# Pool images the class-prior estimate reads (a seeded sample above): its error is
+# about 1/sqrt of that, far below the prior's own bias.
+PRIOR_SAMPLE = 100_000
 
 
 @dataclass
@@ -59,7 +63,7 @@ class Audit:
     labeled_scores: np.ndarray
     ood_fraction: float
     ood_flagged: np.ndarray  # bool per pool image
-    duplicate_groups: list[list[str]]
+    duplicate_groups: list[list[int]]  # positions in labeled + pool (``train_name``)
     leaks: list[tuple[str, str, str, float]]  # (train image, test image, kind, similarity)
     suspects: list[Suspect]
     pool_prior: np.ndarray
@@ -68,6 +72,7 @@ class Audit:
     failed: list[tuple[str, str]] = field(default_factory=list)
     settings: AuditSettings = field(default_factory=AuditSettings)
     model: str = ""
+    leak_positions: list[int] = field(default_factory=list)  # of ``leaks``, in labeled + pool
     # image("labeled" | "pool" | "test", position) -> PIL image, for thumbnails
     image: Callable[[str, int], object] | None = None
 
@@ -117,28 +122,48 @@ def _checks(classes, names, train: Scan, cut: int, labels, test: Scan, failed, s
     """Every check over the scans; ``train``'s first ``cut`` rows are the labeled images."""
     C = len(classes)
     labeled, pool = train.subset(slice(0, cut)), train.subset(slice(cut, None))
-    score = OOD_SCORES.get(settings.score)
-    # features stay float16 (unit rows): each check converts the rows it works on
-    ood_scores = score(pool.features, labeled.features, labels, C) if len(pool) else np.zeros(0)
-    fraction, labeled_scores = ood_fraction(settings.score, pool.features, labeled.features, labels,
-                                            C, settings.seed) if len(pool) else (0.0, np.zeros(0))
+    if len(pool):  # features stay float16 (unit rows): each check converts the rows it reads
+        ood_scores, fraction, labeled_scores = ood_check(settings.score, train.features, cut, labels,
+                                                         C, settings.seed)
+    else:
+        ood_scores, fraction, labeled_scores = np.zeros(0), 0.0, np.zeros(0)
     flagged = np.zeros(len(pool), dtype=bool)
     count = int(round(fraction * len(pool)))
     if count:
         flagged[np.argsort(-ood_scores, kind="stable")[:count]] = True
-    train_names = names["labeled"] + names["pool"]
     groups = duplicate_groups(train.thumbnails, train.features, train.digests, settings.near_similarity)
-    leaks = [(train_names[leak.train], names["test"][leak.test], leak.kind, leak.similarity)
-             for leak in _leaks(train, test, settings)]
-    labeled_features = labeled.features.astype(np.float32)
+    found = _leaks(train, test, settings)
+    leaks = [(train_name(names, leak.train), names["test"][leak.test], leak.kind, leak.similarity)
+             for leak in found]
+    labeled_features = np.asarray(labeled.features[0:cut], np.float32)
     classifier = PrototypeClassifier(labeled_features, labels, C)
-    in_task = pool.features[~flagged]
-    prior = em_prior(classifier.probabilities(in_task), classifier.train_prior) if len(in_task) \
-        else classifier.train_prior
-    suspects = label_suspects(labeled_features, labels, in_task, C, classifier)
+    in_task = _in_task_probabilities(classifier, pool.features, flagged, settings.seed)
+    prior = em_prior(in_task, classifier.train_prior) if len(in_task) else classifier.train_prior
+    suspects = label_suspects(labeled_features, labels, pool.features, C, classifier, skip=flagged)
     return Audit(classes, names, labeled, labels, pool, test, ood_scores, labeled_scores, fraction,
-                 flagged, [[train_names[i] for i in g] for g in groups], leaks, suspects, prior,
-                 classifier.train_prior, missing_classes(prior, classes), failed, settings, model)
+                 flagged, groups, leaks, suspects, prior, classifier.train_prior,
+                 missing_classes(prior, classes), failed, settings, model,
+                 leak_positions=[leak.train for leak in found])
+
+
+def train_name(names: dict[str, Sequence[str]], position: int) -> str:
+    """The name of a training image by its position in the scan (labeled first, then pool)."""
+    labeled = len(names["labeled"])
+    return names["labeled"][position] if position < labeled else names["pool"][position - labeled]
+
+
+def _in_task_probabilities(classifier: PrototypeClassifier, pool, flagged: np.ndarray,
+                           seed: int) -> np.ndarray:
+    """The classifier's probabilities of the pool images not judged foreign (of a seeded
+    sample of ``PRIOR_SAMPLE`` above), read a block at a time."""
+    keep = np.flatnonzero(~flagged)
+    if len(keep) > PRIOR_SAMPLE:
+        keep = np.sort(np.random.default_rng(seed).choice(keep, PRIOR_SAMPLE, replace=False))
+    chosen = np.zeros(len(flagged), bool)
+    chosen[keep] = True
+    parts = [classifier.probabilities(np.asarray(rows, np.float32)[chosen[start:start + len(rows)]])
+             for start, rows in blocks_of(pool)]
+    return np.concatenate(parts) if parts else np.zeros((0, classifier.classes))
 
 
 def _leaks(train: Scan, test: Scan, settings) -> list[Leak]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from finessl.audit.neighbours import groups, pairs_above, top_k
+from finessl.audit.row_file import RowFile
 
 
 @dataclass
@@ -25,31 +26,40 @@ class Leak:
 
 def exact_groups(digests: np.ndarray) -> list[list[int]]:
     """Positions sharing a digest, groups of two or more, largest first."""
+    first, second = exact_pairs(digests)
+    return groups(first, second, len(digests))
+
+
+def exact_pairs(digests: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(first, other) position pairs joining every digest's copies to its first position."""
     order = np.argsort(digests, kind="stable")
-    found, start = [], 0
-    for end in range(1, len(order) + 1):
-        if end == len(order) or digests[order[end]] != digests[order[start]]:
-            if end - start > 1:
-                found.append(sorted(order[start:end].tolist()))
-            start = end
-    return sorted(found, key=lambda g: (-len(g), g[0]))
+    ordered = digests[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])  # where a digest begins
+    run = np.repeat(starts, np.diff(np.r_[starts, len(order)]))  # each row's run start
+    copies = np.flatnonzero(np.arange(len(order)) != run)
+    return order[run[copies]].astype(np.int64), order[copies].astype(np.int64)
 
 
 FEATURE_FLOOR = 0.5
+PAIR_BLOCK = 65536
 
 
-def duplicate_groups(thumbnails: np.ndarray, features: np.ndarray, digests: np.ndarray,
-                     near_similarity: float, neighbours: int = 8) -> list[list[int]]:
+def duplicate_groups(thumbnails: np.ndarray | RowFile, features: np.ndarray | RowFile,
+                     digests: np.ndarray, near_similarity: float, neighbours: int = 8) -> list[list[int]]:
     """Groups of exact or near copies among the rows (each row in at most one group)."""
-    pairs = [(a, b, s) for a, b, s in pairs_above(thumbnails, near_similarity, neighbours=neighbours)
-             if _similarity(features, a, features, b) >= FEATURE_FLOOR]
-    for group in exact_groups(digests):
-        pairs += [(group[0], other, 1.0) for other in group[1:]]
-    return groups(pairs, len(features))
+    first, second, _ = pairs_above(thumbnails, near_similarity, neighbours=neighbours, digests=digests)
+    alike = np.zeros(len(first), bool)
+    for start in range(0, len(first), PAIR_BLOCK):  # the features of a block of pairs at a time
+        a, b = first[start:start + PAIR_BLOCK], second[start:start + PAIR_BLOCK]
+        alike[start:start + len(a)] = (np.asarray(features[a], np.float32) *
+                                       np.asarray(features[b], np.float32)).sum(axis=1) >= FEATURE_FLOOR
+    same_first, same_other = exact_pairs(digests)
+    return groups(np.concatenate([first[alike], same_first]), np.concatenate([second[alike], same_other]),
+                  len(digests))
 
 
-def _similarity(a: np.ndarray, i: int, b: np.ndarray, j: int) -> float:
-    return float(np.dot(a[i].astype(np.float32), b[j].astype(np.float32)))
+def _similarity(a: np.ndarray | RowFile, i: int, b: np.ndarray | RowFile, j: int) -> float:
+    return float(np.dot(np.asarray(a[i], np.float32), np.asarray(b[j], np.float32)))
 
 
 def find_test_copies(train_thumbs: np.ndarray, train_features: np.ndarray, train_digests: np.ndarray,

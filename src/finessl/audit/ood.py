@@ -5,7 +5,8 @@ default, ``propagation``, is transductive: the labeled images' "in the task" mas
 over a k-nearest-neighbour graph of all the images (Zhou et al., NeurIPS 2004, "Learning
 with local and global consistency"), so a foreign class that forms its own cluster gets
 little of it even where single images lie close to a labeled one; ``knn`` and
-``prototype`` score each image alone. The share
+``prototype`` score each image alone. A scorer is prepared once for all the images, so
+the graph is built once and every held-out split only seeds other nodes. The share
 is a positive-unlabeled mixture-proportion estimate: the labeled images are a sample of
 the in-distribution scores, so for any threshold t the pool's in-distribution share is at
 most ``P_pool(s <= t) / P_labeled(s <= t)`` (the bound behind the "best bin estimation"
@@ -21,53 +22,123 @@ from collections.abc import Callable
 
 import numpy as np
 
-from finessl.audit.neighbours import search_space, top_k
+from finessl.audit.neighbours import fit_space, nearest, top_k
 from finessl.audit.prototypes import class_prototypes
+from finessl.audit.row_file import RowFile, UnitRows
 from finessl.registry import Registry
 
-# A score: (queries [Q, D], refs [R, D], ref labels [R], classes) -> [Q], higher = more foreign.
-OOD_SCORES: Registry[Callable[..., np.ndarray]] = Registry("OOD score")
+# A scorer over one fixed set of rows, the labeled images first and then the pool:
+# ``scorer(refs, held)`` -> scores of ``labeled[held]`` then of every pool image, when the
+# labeled images ``refs`` stand for the task. Higher = more foreign.
+Scorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
+# name -> (features [L + N, D], L, labels [L], classes) -> Scorer
+OOD_SCORES: Registry[Callable[..., Scorer]] = Registry("OOD score")
 
 
-@OOD_SCORES.register("knn")
+def part(rows: np.ndarray | RowFile, start: int, stop: int | None = None) -> np.ndarray | RowFile:
+    """Rows ``start:stop`` of an array (a view) or of a row file (a view of the file)."""
+    stop = len(rows) if stop is None else stop
+    return rows.part(start, stop) if isinstance(rows, RowFile) else rows[start:stop]
+
+
+def per_image(score: Callable[..., np.ndarray]) -> Callable[..., Scorer]:
+    """A scorer from a score of each image on its own, ``score(queries, refs, labels, classes)``."""
+
+    def prepare(features, count: int, labels: np.ndarray, classes: int) -> Scorer:
+        labeled, pool = np.asarray(features[0:count], np.float32), part(features, count)
+
+        def scorer(refs: np.ndarray, held: np.ndarray) -> np.ndarray:
+            against = (labeled[refs], labels[refs], classes)
+            return np.concatenate([score(labeled[held], *against), score(pool, *against)])
+
+        return scorer
+
+    prepare.__doc__ = score.__doc__
+    return prepare
+
+
 def knn_distance(queries: np.ndarray, refs: np.ndarray, labels: np.ndarray, classes: int,
                  k: int = 1) -> np.ndarray:
     """One minus the cosine similarity to the nearest labeled image(s)."""
+    if len(queries) == 0:
+        return np.zeros(0)
     sims, _ = top_k(queries, refs, k)
     return 1.0 - sims.mean(axis=1)
 
 
-@OOD_SCORES.register("propagation")
-def propagation_distance(queries: np.ndarray, refs: np.ndarray, labels: np.ndarray, classes: int,
-                         neighbours: int = 10, power: float = 3.0, alpha: float = 0.99,
-                         iterations: int = 50) -> np.ndarray:
-    """Minus the mass each query receives when the labeled images (mass 1) spread it over a
-    symmetric kNN graph of refs + queries, ``f <- alpha S f + (1 - alpha) y`` with ``S`` the
-    degree-normalised graph (edge weight: cosine^power), divided by the square root of the
-    query's degree. Constants chosen on held-out pools (docs/results.md)."""
-    nodes = search_space(np.concatenate([np.asarray(refs, np.float32), np.asarray(queries, np.float32)]))
-    n = len(nodes)
-    sims, idx = top_k(nodes, nodes, neighbours, skip_self=True)
-    weights = np.maximum(sims, 0.0) ** power
-    degree = weights.sum(axis=1) + np.bincount(idx.ravel(), weights=weights.ravel(), minlength=n)
-    scale = 1.0 / np.sqrt(np.maximum(degree, 1e-12))
-    seeds = np.zeros(n)
-    seeds[: len(refs)] = 1.0
-    mass = seeds.copy()
-    for _ in range(iterations):
-        spread = mass * scale
-        out = (weights * spread[idx]).sum(axis=1)  # W f over each node's own neighbours
-        out += np.bincount(idx.ravel(), weights=(weights * spread[:, None]).ravel(), minlength=n)
-        mass = alpha * scale * out + (1 - alpha) * seeds
-    return -(mass * scale)[len(refs):]
-
-
-@OOD_SCORES.register("prototype")
 def prototype_distance(queries: np.ndarray, refs: np.ndarray, labels: np.ndarray,
                        classes: int) -> np.ndarray:
     """One minus the cosine similarity to the nearest class prototype (mean labeled feature)."""
+    if len(queries) == 0:
+        return np.zeros(0)
     sims, _ = top_k(queries, class_prototypes(refs, labels, classes), 1)
     return 1.0 - sims[:, 0]
+
+
+OOD_SCORES.register("knn")(per_image(knn_distance))
+OOD_SCORES.register("prototype")(per_image(prototype_distance))
+
+
+class PropagationGraph:
+    """The symmetric kNN graph of every image, labeled and pool (edge weight: cosine^power),
+    built once: each scoring seeds a different set of labeled images on the same graph.
+    Arrays of ``N x neighbours`` (indices int32, weights float32) are all it holds."""
+
+    def __init__(self, features: np.ndarray | RowFile, neighbours: int = 10, power: float = 3.0,
+                 seed: int = 0) -> None:
+        project = fit_space(features, seed=seed)  # many wide rows: 128 principal directions
+        if isinstance(features, RowFile):
+            with UnitRows(features, project) as nodes:
+                sims, self.idx = nearest(nodes, neighbours, seed=seed)
+        else:
+            sims, self.idx = nearest(project(features), neighbours, seed=seed)
+        self.size = len(features)
+        self.weights = np.maximum(sims, 0.0) ** power
+        degree = self.weights.sum(axis=1, dtype=np.float64) + np.bincount(
+            self.idx.ravel(), weights=self.weights.ravel(), minlength=self.size)
+        self.scale = 1.0 / np.sqrt(np.maximum(degree, 1e-12))
+
+    def spread(self, seeds: np.ndarray, alpha: float = 0.99, iterations: int = 50,
+               block: int = 65536) -> np.ndarray:
+        """Each node's mass when ``seeds`` (mass 1) spread it, ``f <- alpha S f + (1 - alpha) y``
+        with ``S`` the degree-normalised graph, divided by the square root of its degree."""
+        start = np.zeros(self.size)
+        start[seeds] = 1.0
+        mass = start.copy()
+        for _ in range(iterations):
+            spread = mass * self.scale
+            out = np.zeros(self.size)
+            for lo in range(0, self.size, block):  # W f a block of nodes at a time
+                idx, weights = self.idx[lo:lo + block], self.weights[lo:lo + block]
+                out[lo:lo + len(idx)] += (weights * spread[idx]).sum(axis=1)  # own neighbours
+                out += np.bincount(idx.ravel(), weights=(weights * spread[lo:lo + len(idx), None]).ravel(),
+                                   minlength=self.size)  # and the nodes that chose them
+            mass = alpha * self.scale * out + (1 - alpha) * start
+        return mass * self.scale
+
+
+@OOD_SCORES.register("propagation")
+def propagation_scorer(features: np.ndarray | RowFile, count: int, labels: np.ndarray,
+                       classes: int) -> Scorer:
+    """Minus the mass each image receives when the labeled images ``refs`` (mass 1) spread it
+    over a symmetric kNN graph of all the images (10 neighbours, edge weight cosine^3,
+    ``alpha`` 0.99, 50 steps), divided by the square root of its degree. Constants chosen
+    on held-out pools (docs/results.md)."""
+    graph = PropagationGraph(features)
+
+    def scorer(refs: np.ndarray, held: np.ndarray) -> np.ndarray:
+        received = -graph.spread(np.asarray(refs, np.int64))
+        return np.concatenate([received[np.asarray(held, np.int64)], received[count:]])
+
+    return scorer
+
+
+def ood_scores(score: str, queries: np.ndarray, refs: np.ndarray, labels: np.ndarray,
+               classes: int) -> np.ndarray:
+    """The score of each query image against the labeled images ``refs`` (in memory)."""
+    features = np.concatenate([np.asarray(refs, np.float32), np.asarray(queries, np.float32)])
+    scorer = OOD_SCORES.get(score)(features, len(refs), labels, classes)
+    return scorer(np.arange(len(refs)), np.zeros(0, np.int64))
 
 
 def halves(labels: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -99,20 +170,32 @@ def in_distribution_share(pool_scores: np.ndarray, labeled_scores: np.ndarray,
 def ood_fraction(score: str, pool: np.ndarray, labeled: np.ndarray, labels: np.ndarray,
                  classes: int, seed: int = 0, splits: int = 3) -> tuple[float, np.ndarray]:
     """(estimated share 0-1 of pool images outside the labeled classes, each labeled image's
-    mean score when held out). ``splits`` random halvings of the labeled set; each half in
-    turn is held out and scored together with the pool against the other half."""
-    fn = OOD_SCORES.get(score)
-    shares, held_sum, held_count = [], np.zeros(len(labeled)), np.zeros(len(labeled))
+    mean score when held out): ``ood_check`` on arrays in memory."""
+    features = np.concatenate([np.asarray(labeled, np.float32), np.asarray(pool, np.float32)])
+    _, fraction, held = ood_check(score, features, len(labeled), labels, classes, seed, splits)
+    return fraction, held
+
+
+def ood_check(score: str, features: np.ndarray | RowFile, count: int, labels: np.ndarray,
+              classes: int, seed: int = 0, splits: int = 3) -> tuple[np.ndarray, float, np.ndarray]:
+    """(each pool image's score against every labeled image, the estimated share 0-1 of pool
+    images outside the labeled classes, each labeled image's mean score when held out) for
+    ``features``: the ``count`` labeled rows, then the pool's. ``splits`` random halvings of
+    the labeled set; each half in turn is held out and scored together with the pool against
+    the other half. One scorer serves all of them (one graph for ``propagation``)."""
+    scorer = OOD_SCORES.get(score)(features, count, labels, classes)
+    pool_scores = scorer(np.arange(count), np.zeros(0, np.int64))
+    shares, held_sum, held_count = [], np.zeros(count), np.zeros(count)
     for split in range(splits):
         first, second = halves(labels, seed + split)
         if min(len(first), len(second)) == 0:
-            return 0.0, np.zeros(len(labeled))
+            return pool_scores, 0.0, np.zeros(count)
         for refs, held in ((first, second), (second, first)):
-            scores = fn(np.concatenate([labeled[held], pool]), labeled[refs], labels[refs], classes)
+            scores = scorer(refs, held)
             shares.append(in_distribution_share(scores[len(held):], scores[:len(held)]))
             held_sum[held] += scores[:len(held)]
             held_count[held] += 1
-    return 1.0 - float(np.mean(shares)), held_sum / np.maximum(held_count, 1)
+    return pool_scores, 1.0 - float(np.mean(shares)), held_sum / np.maximum(held_count, 1)
 
 
 def auroc(scores: np.ndarray, positive: np.ndarray) -> float:

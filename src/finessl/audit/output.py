@@ -8,16 +8,17 @@ import base64
 import csv
 import html
 import io
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 
-from finessl.audit.audit import Audit
+from finessl.audit.audit import Audit, train_name
 from finessl.rundir import RunDir, atomic_write, write_json
 
 SHOWN = 20  # rows per table on the page and in the summary's lists
 THUMBNAILS = 12
+JSON_GROUPS = 1000  # duplicate groups audit.json lists (duplicates.csv has them all)
 
 AUDIT_JSON, PAGE, EXCLUDE = RunDir.AUDIT_SUMMARY, "index.html", "exclude.csv"
 
@@ -42,7 +43,9 @@ def audit_dict(result: Audit) -> dict:
         "ood_flagged": int(result.ood_flagged.sum()),
         "most_ood": [{"path": names["pool"][i], "score": round(float(result.ood_scores[i]), 5)}
                      for i in order[:200]],
-        "duplicates": result.duplicate_groups,
+        "duplicates": [[train_name(names, i) for i in g] for g in result.duplicate_groups[:JSON_GROUPS]],
+        "duplicate_groups": len(result.duplicate_groups),
+        "duplicate_images": sum(len(g) for g in result.duplicate_groups),
         "test_leaks": [{"path": a, "test_path": b, "kind": kind, "similarity": round(s, 5)}
                        for a, b, kind, s in result.leaks],
         "label_suspects": [{"path": names["labeled"][s.position], "label": classes[s.label],
@@ -67,21 +70,33 @@ def _size_stats(sizes: np.ndarray) -> dict:
     return stats
 
 
-def exclusions(result: Audit) -> list[tuple[str, str]]:
-    """(image, why) for ``--data.exclude``: pool images judged out of distribution, training
-    images that copy a test image, and every pool copy but one of a duplicate group."""
-    rows: dict[str, str] = {}
-    for i in np.flatnonzero(result.ood_flagged):
-        rows[result.names["pool"][i]] = f"out of distribution (score {result.ood_scores[i]:.3f})"
-    for train, test, kind, _ in result.leaks:
-        rows.setdefault(train, f"{kind} copy of test image {test}")
-    labeled = set(result.names["labeled"])  # the few seed images; the rest is the pool
+def exclusions(result: Audit) -> Iterator[tuple[str, str]]:
+    """(image, why) for ``--data.exclude``, in the data's order: pool images judged out of
+    distribution, training images that copy a test image, and every pool copy but one of a
+    duplicate group (the first reason found, in that order). Decided on arrays of positions,
+    so a pool of copies costs no Python object per image before its row is written."""
+    labeled = len(result.names["labeled"])
+    size = labeled + len(result.names["pool"])
+    why = np.zeros(size, np.int8)  # 0 kept, 1 out of distribution, 2 copies a test image, 3 duplicate
+    kept_copy = np.full(size, -1, np.int64)
+    why[labeled + np.flatnonzero(result.ood_flagged)] = 1
+    leak_of = {}
+    for position, (_, test, kind, _) in zip(result.leak_positions, result.leaks):
+        if why[position] == 0:
+            why[position], leak_of[position] = 2, f"{kind} copy of test image {test}"
     for group in result.duplicate_groups:
-        keep = next((p for p in group if p in labeled), group[0])  # a labeled copy if there is one
-        for path in group:
-            if path != keep and path not in labeled:
-                rows.setdefault(path, f"duplicate of {keep}")
-    return sorted(rows.items())
+        members = np.asarray(group, np.int64)
+        keep = members[members < labeled][0] if (members < labeled).any() else members[0]
+        others = members[(members != keep) & (members >= labeled) & (why[members] == 0)]
+        why[others], kept_copy[others] = 3, keep
+    for position in np.flatnonzero(why).tolist():
+        if why[position] == 1:
+            reason = f"out of distribution (score {result.ood_scores[position - labeled]:.3f})"
+        elif why[position] == 2:
+            reason = leak_of[position]
+        else:
+            reason = f"duplicate of {train_name(result.names, int(kept_copy[position]))}"
+        yield train_name(result.names, position), reason
 
 
 def write_audit(result: Audit, out: Path, image: Callable[[str, int], object] | None = None) -> Path:
@@ -95,14 +110,14 @@ def write_audit(result: Audit, out: Path, image: Callable[[str, int], object] | 
     _csv(out / "ood.csv", ["path", "score", "judged_ood"],  # a row per pool image: streamed
          ([names["pool"][i], f"{result.ood_scores[i]:.6f}", int(result.ood_flagged[i])] for i in order))
     _csv(out / "duplicates.csv", ["group", "path"],
-         [[g, p] for g, group in enumerate(result.duplicate_groups) for p in group])
+         ([g, train_name(names, p)] for g, group in enumerate(result.duplicate_groups) for p in group))
     _csv(out / "test_leaks.csv", ["path", "test_path", "kind", "similarity"],
          [[a, b, k, f"{s:.5f}"] for a, b, k, s in result.leaks])
     _csv(out / "label_suspects.csv", ["path", "label", "looks_like", "score"],
          [[r["path"], r["label"], r["looks_like"], r["score"]] for r in data["label_suspects"]])
     _csv(out / "pool_prior.csv", ["class", "pool_share", "labeled_share"],
          [[c, data["pool_prior"][c], data["labeled_prior"][c]] for c in result.classes])
-    _csv(out / EXCLUDE, ["path", "reason"], [list(row) for row in exclusions(result)])
+    _csv(out / EXCLUDE, ["path", "reason"], (list(row) for row in exclusions(result)))
     page = out / PAGE
     text = _page(result, data, out, image)
     atomic_write(page, lambda tmp: tmp.write_text(text, encoding="utf-8"))
@@ -129,8 +144,8 @@ def summary(result: Audit, out: Path | None = None) -> str:
         lines.append(f"  unreadable: {sizes['unreadable']} file(s), skipped")
     lines.append(f"  out of distribution: about {100 * data['ood_fraction']:.0f} % of the unlabeled pool "
                  f"({data['ood_flagged']:,} images judged so)")
-    dup_images = sum(len(g) - 1 for g in data["duplicates"])
-    lines.append(f"  duplicates: {len(data['duplicates'])} group(s), {dup_images} extra copies")
+    extra = data["duplicate_images"] - data["duplicate_groups"]
+    lines.append(f"  duplicates: {data['duplicate_groups']} group(s), {extra} extra copies")
     leaks = data["test_leaks"]
     lines.append(f"  test-set copies among the training images: {len(leaks)}"
                  + (" <- the test accuracy would be inflated" if leaks else ""))
@@ -191,8 +206,8 @@ def _page(result: Audit, data: dict, out: Path, image) -> str:
     test_pos = {n: i for i, n in enumerate(names["test"])}
     leak_rows = [[thumb("test", test_pos[b], r), html.escape(a), html.escape(b), k, f"{s:.3f}"]
                  for r, (a, b, k, s) in enumerate(result.leaks[:SHOWN])]
-    dup_rows = [[len(g), "<br>".join(html.escape(p) for p in g[:6]) + (" ..." if len(g) > 6 else "")]
-                for g in result.duplicate_groups[:SHOWN]]
+    dup_rows = [[len(g), "<br>".join(html.escape(train_name(names, p)) for p in g[:6]) +
+                 (" ..." if len(g) > 6 else "")] for g in result.duplicate_groups[:SHOWN]]
     prior_rows = [[c, f"{100 * data['pool_prior'][c]:.1f}", f"{100 * data['labeled_prior'][c]:.1f}"]
                   for c in result.classes]
     figure = _histogram(result, out)
@@ -201,7 +216,7 @@ def _page(result: Audit, data: dict, out: Path, image) -> str:
         ("model", result.model), ("classes", sizes["classes"]), ("labeled", sizes["labeled"]),
         ("unlabeled pool", sizes["pool"]), ("test", sizes["test"]), ("unreadable", sizes["unreadable"]),
         ("out of distribution (estimated share of the pool)", f"{100 * data['ood_fraction']:.1f} %"),
-        ("duplicate groups", len(data["duplicates"])), ("test-set copies", len(data["test_leaks"])),
+        ("duplicate groups", data["duplicate_groups"]), ("test-set copies", len(data["test_leaks"])),
         ("OOD score", data["score"]), ("near-copy similarity", data["near_similarity"]),
         ("image sizes", data["image_sizes"])]], ["", ""], 'class="context"')
     body = (f"<h1>finessl data audit</h1>{overview}"

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from finessl.audit.audit import DEFAULT_SCORE
-from finessl.audit.ood import OOD_SCORES, ood_fraction
+from finessl.audit.ood import ood_check
 from finessl.audit.scan import scan
 from finessl.data.ssl_data import SSLData
 
@@ -51,17 +51,19 @@ def judge_pool(encode, data: SSLData, rule: str, device: torch.device, batch_siz
         return empty
     transform = data.transforms.test
     size = _image_size(data)
-    labeled = scan(encode, data.source.train, data.labeled_indices, transform, size, device, batch_size)
+    labeled = scan(encode, data.source.train, data.labeled_indices, transform, size, device, batch_size,
+                   on_disk=False)
     candidates = np.setdiff1d(data.unlabeled_indices, data.labeled_indices)
-    pool = scan(encode, data.source.train, candidates, transform, size, device, batch_size)
+    pool = scan(encode, data.source.train, candidates, transform, size, device, batch_size,
+                on_disk=False)  # one ood check over arrays
     if len(pool) == 0 or len(labeled) < 2:
         return empty
     labels = np.asarray([int(data.labeled.labels.get(int(i), data.source.train_targets[i]))
                          for i in labeled.indices])
     feats_l, feats_p = labeled.features.astype(np.float32), pool.features.astype(np.float32)
     classes = data.num_classes
-    scores = OOD_SCORES.get(DEFAULT_SCORE)(feats_p, feats_l, labels, classes)
-    share, _ = ood_fraction(DEFAULT_SCORE, feats_p, feats_l, labels, classes, seed)
+    scores, share, _ = ood_check(DEFAULT_SCORE, np.concatenate([feats_l, feats_p]), len(feats_l),
+                                 labels, classes, seed)
     count = int(round(share * len(pool)))
     if rule == "auto" and share < AUTO_MIN_SHARE:
         log.info("algorithm.ood auto: about %.0f %% of the pool looks out of distribution, under "

@@ -81,7 +81,7 @@ def _audit(run: RunDir) -> list[str]:
         return ["## Data audit", "", f"{found} could not be read.", ""]
     return ["## Data audit", "",
             f"* out-of-distribution share of the pool: {_number(100 * audit.get('ood_fraction', 0))}",
-            f"* near-duplicate groups: {len(audit.get('duplicates', []))}; test-set copies in "
+            f"* near-duplicate groups: {_groups(audit)}; test-set copies in "
             f"training: {len(audit.get('test_leaks', []))}",
             f"* seed labels that look wrong: {len(audit.get('label_suspects', []))}", ""]
 
@@ -122,3 +122,8 @@ def write_model_card(path: str | Path, command: str | None = None) -> Path | Non
     text = model_card(path, command)
     atomic_write(target, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return target
+
+
+def _groups(audit: dict) -> int:
+    """The audit's duplicate-group count (audit.json lists the first groups only)."""
+    return int(audit.get("duplicate_groups", len(audit.get("duplicates", []))))

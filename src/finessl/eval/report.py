@@ -161,7 +161,7 @@ def _audit_section(run_path: Path) -> str:
         share = f"{100 * float(data['ood_fraction']):.1f} %"
         rows = [["out of distribution (estimated share of the pool)", share],
                 ["training images that copy test images", len(data["test_leaks"])],
-                ["duplicate groups", len(data["duplicates"])],
+                ["duplicate groups", data.get("duplicate_groups", len(data["duplicates"]))],
                 ["seed labels that look wrong (score > 0.5)",
                  sum(1 for s in data["label_suspects"] if float(s["score"]) > 0.5)],
                 ["classes the pool seems to lack", ", ".join(map(str, data.get("pool_missing_classes", [])))
