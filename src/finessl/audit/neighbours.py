@@ -23,7 +23,7 @@ import torch
 from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 
-from finessl.audit.row_file import RowFile
+from finessl.audit.row_file import BLOCK, RowFile
 
 
 def normalise(features: np.ndarray) -> np.ndarray:
@@ -135,8 +135,8 @@ def _clustered_nearest(rows: np.ndarray | RowFile, k: int, probes: int,
     model = KMeans(count, n_init=1, max_iter=20, random_state=seed).fit(np.asarray(rows[sample], np.float32))
     centres = normalise(model.cluster_centers_)
     owner = np.empty(n, np.int32)
-    for start in range(0, n, 65536):
-        block = np.asarray(rows[start:start + 65536], np.float32)
+    for start in range(0, n, BLOCK):
+        block = np.asarray(rows[start:start + BLOCK], np.float32)
         similarity = torch.from_numpy(block) @ torch.from_numpy(centres).T
         owner[start:start + len(block)] = similarity.argmax(dim=1).numpy()
     order = np.argsort(owner, kind="stable")  # sorted position -> row
@@ -144,11 +144,11 @@ def _clustered_nearest(rows: np.ndarray | RowFile, k: int, probes: int,
     on_disk = isinstance(rows, RowFile)
     if on_disk:  # the rows again, in cluster order: each cluster one contiguous read
         grouped: np.ndarray | RowFile = RowFile(rows.width, np.float32)
-        for start in range(0, n, 65536):
-            grouped.append(rows[order[start:start + 65536]])
+        for start in range(0, n, BLOCK):
+            grouped.append(rows[order[start:start + BLOCK]])
         grouped.flush()
     else:
-        grouped = np.asarray(rows, np.float32)[order]
+        grouped = np.asarray(rows[order], np.float32)
     near_centres = np.argsort(-(centres @ centres.T), axis=1, kind="stable")
     sims_out, idx_out = np.empty((n, k), np.float32), np.empty((n, k), np.int32)
     try:
@@ -156,7 +156,7 @@ def _clustered_nearest(rows: np.ndarray | RowFile, k: int, probes: int,
             lo, hi = int(bounds[c]), int(bounds[c + 1])
             if lo == hi:
                 continue
-            probed = _probed(near_centres[c], bounds, probes, k + 1)
+            probed = _probed(c, near_centres[c], bounds, probes, k + 1)
             refs = np.concatenate([np.asarray(grouped[int(bounds[p]):int(bounds[p + 1])], np.float32)
                                    for p in probed])
             positions = np.concatenate([np.arange(bounds[p], bounds[p + 1]) for p in probed])
@@ -170,17 +170,17 @@ def _clustered_nearest(rows: np.ndarray | RowFile, k: int, probes: int,
     return sims_out, idx_out
 
 
-def _probed(by_similarity: np.ndarray, bounds: np.ndarray, probes: int, least: int) -> list[int]:
-    """The clusters one cluster is compared with: itself first, then the nearest others, at
-    least ``probes`` of them (empty ones skipped) and at least ``least`` rows in all, at most
-    ``MAX_REFS`` rows beyond its own."""
+def _probed(own: int, by_similarity: np.ndarray, bounds: np.ndarray, probes: int,
+            least: int) -> list[int]:
+    """The clusters cluster ``own`` is compared with: itself first (its rows are the
+    queries), then the nearest others, at least ``probes`` of them (empty ones skipped) and
+    at least ``least`` rows in all, at most ``MAX_REFS`` rows beyond its own."""
     sizes = np.diff(bounds)
-    own = int(by_similarity[0])
     chosen, rows = [own], int(sizes[own])
-    for c in by_similarity[1:]:
+    for c in by_similarity:
         if len(chosen) >= probes and rows >= least:
             break
-        if sizes[c] == 0:
+        if c == own or sizes[c] == 0:
             continue
         if rows - sizes[own] + sizes[c] > MAX_REFS and rows >= least:
             break

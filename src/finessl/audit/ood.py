@@ -24,7 +24,7 @@ import numpy as np
 
 from finessl.audit.neighbours import fit_space, nearest, top_k
 from finessl.audit.prototypes import class_prototypes
-from finessl.audit.row_file import RowFile, UnitRows
+from finessl.audit.row_file import RowFile, UnitRows, part
 from finessl.registry import Registry
 
 # A scorer over one fixed set of rows, the labeled images first and then the pool:
@@ -33,12 +33,6 @@ from finessl.registry import Registry
 Scorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
 # name -> (features [L + N, D], L, labels [L], classes) -> Scorer
 OOD_SCORES: Registry[Callable[..., Scorer]] = Registry("OOD score")
-
-
-def part(rows: np.ndarray | RowFile, start: int, stop: int | None = None) -> np.ndarray | RowFile:
-    """Rows ``start:stop`` of an array (a view) or of a row file (a view of the file)."""
-    stop = len(rows) if stop is None else stop
-    return rows.part(start, stop) if isinstance(rows, RowFile) else rows[start:stop]
 
 
 def per_image(score: Callable[..., np.ndarray]) -> Callable[..., Scorer]:

@@ -130,6 +130,12 @@ class RowFile:
         self.close()
 
 
+def part(rows: np.ndarray | RowFile, start: int, stop: int | None = None) -> np.ndarray | RowFile:
+    """Rows ``start:stop`` of an array (a view) or of a row file (a view of the file)."""
+    stop = len(rows) if stop is None else stop
+    return rows.part(start, stop) if isinstance(rows, RowFile) else rows[start:stop]
+
+
 def blocks_of(rows: np.ndarray | RowFile, block: int = BLOCK) -> Iterator[tuple[int, np.ndarray]]:
     """(first row, rows) of every block of an array (views) or a row file (read back)."""
     if isinstance(rows, RowFile):

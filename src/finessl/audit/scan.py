@@ -24,7 +24,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from finessl.audit.neighbours import normalise
-from finessl.audit.row_file import RowFile
+from finessl.audit.row_file import RowFile, part
 from finessl.inference import PoolImages
 
 ON_DISK_ABOVE = 100_000
@@ -48,9 +48,7 @@ class Scan:
         """The rows ``keep`` (views of these arrays, or of the row files, for a slice);
         ``failed`` is not carried."""
         def rows(values):
-            if isinstance(values, RowFile) and isinstance(keep, slice):
-                return values.part(*keep.indices(len(values))[:2])
-            return values[keep]
+            return part(values, *keep.indices(len(values))[:2]) if isinstance(keep, slice) else values[keep]
 
         return Scan(self.indices[keep], rows(self.features), self.digests[keep],
                     rows(self.thumbnails), self.sizes[keep])
