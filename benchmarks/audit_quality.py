@@ -110,10 +110,17 @@ def main() -> None:
     parser.add_argument("--image-size", default="64")
     parser.add_argument("--trained", type=Path, help="audit with the FineSSL runs of "
                         "benchmarks/open_set.py in this folder instead of the pretrained model")
+    parser.add_argument("--exact-up-to", type=int, default=None,
+                        help="rows up to which neighbour searches are exact (0: the clustered "
+                        "search of large pools on every pool, to measure what it changes)")
     parser.add_argument("--doc", type=Path)
     parser.add_argument("--section", default="audit-quality")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.exact_up_to is not None:
+        from finessl.audit import neighbours
+
+        neighbours.EXACT_UP_TO = args.exact_up_to
     from finessl.audit.audit import NEAR_SIMILARITY
 
     near = args.near if args.near is not None else NEAR_SIMILARITY
@@ -125,10 +132,13 @@ def main() -> None:
         model = ("the trained FineSSL run of each pool" if args.trained else
                  f"the pretrained {args.preset} model at {args.image_size} px")
         text = (f"OOD score `{score}`, near-copy similarity {near}, {model}, seeds {args.seeds}"
-                + (", held-out pools (training split only)" if args.held_out else "") + ":\n\n" + table(rows))
+                + (", held-out pools (training split only)" if args.held_out else "")
+                + (f", exact neighbour searches up to {args.exact_up_to} rows" if args.exact_up_to is not None
+                   else "") + ":\n\n" + table(rows))
         print(text + "\n", flush=True)
         out.append(text)
-        tag = ("-held-out" if args.held_out else "") + ("-trained" if args.trained else "")
+        tag = ("-held-out" if args.held_out else "") + ("-trained" if args.trained else "") + \
+            (f"-exact{args.exact_up_to}" if args.exact_up_to is not None else "")
         (args.runs / f"rows-{score}{tag}.json").write_text(
             json.dumps(rows, indent=1))
     footer = (f"\n\nMachine: {platform.processor() or platform.machine()}, "

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from test_audit import clusters
 
-from finessl.audit.audit import AuditSettings, _checks
+from finessl.audit.audit import AuditSettings, ImageNames, _checks
 from finessl.audit.neighbours import nearest, normalise, pairs_above, top_k
 from finessl.audit.ood import OOD_SCORES, ood_scores
 from finessl.audit.row_file import RowFile, UnitRows
@@ -141,3 +141,13 @@ def test_copy_pairs_are_the_same_block_by_block_and_leave_exact_copies_to_their_
     digests[[7, 9, 30]] = digests[3]  # the copies are exact: their digests say so
     first, second, _ = pairs_above(thumbs, 0.99, digests=digests)
     assert list(zip(first.tolist(), second.tolist())) == [(11, 21)]
+
+
+def test_image_names_are_made_when_read_and_match_a_list():
+    indices = np.array([7, 3, 11, 0])
+    names = ImageNames(lambda i: f"img{i:03d}.png", indices)
+    assert len(names) == 4 and names[1] == "img003.png" and names[-1] == "img000.png"
+    assert list(names) == ["img007.png", "img003.png", "img011.png", "img000.png"]
+    assert list(names[1:3]) == ["img003.png", "img011.png"]
+    with pytest.raises(IndexError):
+        names[4]

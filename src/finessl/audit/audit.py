@@ -23,7 +23,6 @@ from finessl.audit.suspects import Suspect, label_suspects
 from finessl.config import Config
 from finessl.data.augment import build_transforms
 from finessl.data.extra_labels import item_id
-from finessl.data.path_list import PathList
 from finessl.data.ssl_data import SSLData, build_ssl_data
 from finessl.device import resolve_device
 
@@ -77,6 +76,22 @@ class Audit:
     image: Callable[[str, int], object] | None = None
 
 
+class ImageNames(Sequence[str]):
+    """The names of a scan's images, made when one is read: a pool of a million costs
+    nothing beyond the scan's own index array (a list of them would hold ~75 MB)."""
+
+    def __init__(self, name: Callable[[int], str], indices: np.ndarray) -> None:
+        self._name, self._indices = name, indices
+
+    def __len__(self) -> int:
+        return len(self._indices)
+
+    def __getitem__(self, position):
+        if isinstance(position, slice):
+            return ImageNames(self._name, self._indices[position])
+        return self._name(int(self._indices[position]))
+
+
 def audit(config: Config, run_dir: str | None = None, settings: AuditSettings | None = None,
           progress: Callable[[int], None] | None = None) -> Audit:
     """Scans the configured data with the run's model (or the pretrained backbone) and runs
@@ -101,9 +116,14 @@ def audit(config: Config, run_dir: str | None = None, settings: AuditSettings | 
     labeled, pool = train.subset(slice(0, cut)), train.subset(slice(cut, None))
     test = scan_of(source.test, data.test.indices)
     labels = np.asarray([_label(data, int(i)) for i in labeled.indices], dtype=np.int64)
-    names = {"labeled": PathList.of(item_id(config.data.name, source, int(i)) for i in labeled.indices),
-             "pool": PathList.of(item_id(config.data.name, source, int(i)) for i in pool.indices),
-             "test": PathList.of(_test_id(config.data.name, source, int(i)) for i in test.indices)}
+    def train_id(index: int) -> str:
+        return item_id(config.data.name, source, index)
+
+    def test_id(index: int) -> str:
+        return _test_id(config.data.name, source, index)
+
+    names = {"labeled": ImageNames(train_id, labeled.indices), "pool": ImageNames(train_id, pool.indices),
+             "test": ImageNames(test_id, test.indices)}
     failed = [(item_id(config.data.name, source, i), why) for i, why in train.failed]
     failed += [(_test_id(config.data.name, source, i), why) for i, why in test.failed]
     result = _checks(data.classes, names, train, cut, labels, test, failed, settings, model)

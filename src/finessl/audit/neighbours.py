@@ -33,9 +33,10 @@ def normalise(features: np.ndarray) -> np.ndarray:
     return values / np.maximum(norms, 1e-12)
 
 
-# Similarities one block of queries may hold (64 MiB of float32): 1,024 queries against up
-# to 16 k refs, 16 against a million.
-PRODUCT_BUDGET = 1 << 24
+# Similarities one block of queries may hold (16 MiB of float32): 1,024 queries against up
+# to 4 k refs, 4 against a million. Four times this took no less time on a million-row
+# search and peaked ~200 MiB higher (docs/performance.md).
+PRODUCT_BUDGET = 1 << 22
 
 # Above this many rows, graphs are built in a PCA space of ``REDUCED_DIMS`` (10x less work
 # for 1,280-d features; the neighbours barely change).
@@ -108,11 +109,13 @@ SAMPLE_PER_CENTRE = 64
 MAX_REFS = 1 << 18  # rows one cluster is compared with, at most (beyond its own)
 
 
-def nearest(rows: np.ndarray | RowFile, k: int, exact_up_to: int = EXACT_UP_TO,
+def nearest(rows: np.ndarray | RowFile, k: int, exact_up_to: int | None = None,
             probes: int = PROBES, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(similarities ``[N, k]`` float32, indices ``[N, k]`` int32) of each unit row's ``k``
-    most similar other rows, most similar first: exact up to ``exact_up_to`` rows, else the
-    clustered search (rows on disk stay there; one cluster's neighbourhood is read at a time)."""
+    most similar other rows, most similar first: exact up to ``exact_up_to`` rows (default
+    ``EXACT_UP_TO``, read when called), else the clustered search (rows on disk stay there;
+    one cluster's neighbourhood is read at a time)."""
+    exact_up_to = EXACT_UP_TO if exact_up_to is None else exact_up_to
     n = len(rows)
     k = min(k, n - 1)
     if k < 1:
@@ -135,8 +138,9 @@ def _clustered_nearest(rows: np.ndarray | RowFile, k: int, probes: int,
     model = KMeans(count, n_init=1, max_iter=20, random_state=seed).fit(np.asarray(rows[sample], np.float32))
     centres = normalise(model.cluster_centers_)
     owner = np.empty(n, np.int32)
-    for start in range(0, n, BLOCK):
-        block = np.asarray(rows[start:start + BLOCK], np.float32)
+    step = max(1, min(BLOCK, PRODUCT_BUDGET // count))  # rows x centres within the budget
+    for start in range(0, n, step):
+        block = np.asarray(rows[start:start + step], np.float32)
         similarity = torch.from_numpy(block) @ torch.from_numpy(centres).T
         owner[start:start + len(block)] = similarity.argmax(dim=1).numpy()
     order = np.argsort(owner, kind="stable")  # sorted position -> row
@@ -190,7 +194,7 @@ def _probed(own: int, by_similarity: np.ndarray, bounds: np.ndarray, probes: int
 
 
 def pairs_above(features: np.ndarray | RowFile, threshold: float, neighbours: int = 8,
-                exact_up_to: int = EXACT_UP_TO, digests: np.ndarray | None = None,
+                exact_up_to: int | None = None, digests: np.ndarray | None = None,
                 block: int = 65536) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(first rows, second rows, similarities) of the pairs ``i < j`` of rows at least
     ``threshold`` similar, among each row's ``neighbours`` nearest (enough to find every

@@ -24,7 +24,7 @@ import numpy as np
 
 from finessl.audit.neighbours import fit_space, nearest, top_k
 from finessl.audit.prototypes import class_prototypes
-from finessl.audit.row_file import RowFile, UnitRows, part
+from finessl.audit.row_file import BLOCK, RowFile, UnitRows, part
 from finessl.registry import Registry
 
 # A scorer over one fixed set of rows, the labeled images first and then the pool:
@@ -87,13 +87,16 @@ class PropagationGraph:
         else:
             sims, self.idx = nearest(project(features), neighbours, seed=seed)
         self.size = len(features)
-        self.weights = np.maximum(sims, 0.0) ** power
-        degree = self.weights.sum(axis=1, dtype=np.float64) + np.bincount(
-            self.idx.ravel(), weights=self.weights.ravel(), minlength=self.size)
+        np.maximum(sims, 0.0, out=sims)
+        self.weights = np.power(sims, power, out=sims)
+        degree = self.weights.sum(axis=1, dtype=np.float64)
+        for lo in range(0, self.size, BLOCK):  # and the weights of the nodes choosing each node
+            degree += np.bincount(self.idx[lo:lo + BLOCK].ravel(),
+                                  weights=self.weights[lo:lo + BLOCK].ravel(), minlength=self.size)
         self.scale = 1.0 / np.sqrt(np.maximum(degree, 1e-12))
 
     def spread(self, seeds: np.ndarray, alpha: float = 0.99, iterations: int = 50,
-               block: int = 65536) -> np.ndarray:
+               block: int = BLOCK) -> np.ndarray:
         """Each node's mass when ``seeds`` (mass 1) spread it, ``f <- alpha S f + (1 - alpha) y``
         with ``S`` the degree-normalised graph, divided by the square root of its degree."""
         start = np.zeros(self.size)
