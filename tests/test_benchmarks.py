@@ -29,3 +29,26 @@ def test_write_section_replaces_only_its_own_block(tmp_path):
     harness.write_section(doc, "a", "new\n")
     assert doc.read_text() == ("intro\n<!-- a:start -->\nnew\n<!-- a:end -->\n"
                                "<!-- b:start -->\nkeep\n<!-- b:end -->\n")
+
+
+def test_the_step_sampler_sees_memory_held_inside_a_step_only():
+    import time
+    import types
+
+    import audit_phases
+    import numpy as np
+
+    def hold(megabytes: int) -> int:
+        buffer = np.ones(megabytes << 20, np.uint8)  # touched: resident while the step runs
+        time.sleep(0.3)
+        return int(buffer[-1])
+
+    owner = types.SimpleNamespace(hold=hold)
+    sampler = audit_phases.Sampler(interval=0.01)
+    sampler.wrap(owner, "hold")
+    assert owner.hold(200) == 1
+    time.sleep(0.1)
+    sampler.close()
+    entered, peak = sampler.peaks["start / hold"]
+    assert peak - entered > 150  # the 200 MiB buffer, seen from inside the step
+    assert "start / hold" in sampler.report()

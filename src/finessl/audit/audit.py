@@ -116,6 +116,7 @@ def audit(config: Config, run_dir: str | None = None, settings: AuditSettings | 
     labeled, pool = train.subset(slice(0, cut)), train.subset(slice(cut, None))
     test = scan_of(source.test, data.test.indices)
     labels = np.asarray([_label(data, int(i)) for i in labeled.indices], dtype=np.int64)
+
     def train_id(index: int) -> str:
         return item_id(config.data.name, source, index)
 

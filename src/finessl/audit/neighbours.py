@@ -34,8 +34,8 @@ def normalise(features: np.ndarray) -> np.ndarray:
 
 
 # Similarities one block of queries may hold (16 MiB of float32): 1,024 queries against up
-# to 4 k refs, 4 against a million. Four times this took no less time on a million-row
-# search and peaked ~200 MiB higher (docs/performance.md).
+# to 4 k refs, 4 against a million. Four times this was no faster on million-row searches
+# and peaked 47-107 MiB higher (docs/performance.md, the audit's third pass).
 PRODUCT_BUDGET = 1 << 22
 
 # Above this many rows, graphs are built in a PCA space of ``REDUCED_DIMS`` (10x less work
@@ -195,7 +195,7 @@ def _probed(own: int, by_similarity: np.ndarray, bounds: np.ndarray, probes: int
 
 def pairs_above(features: np.ndarray | RowFile, threshold: float, neighbours: int = 8,
                 exact_up_to: int | None = None, digests: np.ndarray | None = None,
-                block: int = 65536) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                block: int = BLOCK) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(first rows, second rows, similarities) of the pairs ``i < j`` of rows at least
     ``threshold`` similar, among each row's ``neighbours`` nearest (enough to find every
     near-copy group of that size), sorted by (first, second); arrays, not a Python object
