@@ -30,6 +30,8 @@ import threading
 import time
 from pathlib import Path
 
+from select_scale import memory_mib
+
 STEPS = {  # module: functions whose time inside is one step
     "finessl.audit.audit": ["encoder", "build_ssl_data", "scan", "ood_check", "duplicate_groups", "_leaks",
                             "_in_task_probabilities", "label_suspects"],
@@ -47,14 +49,9 @@ class Sampler:
         self._stop = threading.Event()
         threading.Thread(target=self._run, daemon=True).start()
 
-    @staticmethod
-    def rss_mib() -> float:
-        with open("/proc/self/status") as status:
-            return next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) / 1024
-
     def _run(self) -> None:
         while True:
-            now, step = self.rss_mib(), " / ".join(self.stack)
+            now, step = memory_mib("VmRSS"), " / ".join(self.stack)
             entered, peak = self.peaks.get(step, (now, now))
             self.peaks[step] = (entered, max(peak, now))
             if self._stop.wait(self.interval):

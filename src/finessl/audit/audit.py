@@ -8,6 +8,7 @@ is the configuration's, split exactly as training would split it. What comes bac
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -125,8 +126,7 @@ def audit(config: Config, run_dir: str | None = None, settings: AuditSettings | 
 
     names = {"labeled": ImageNames(train_id, labeled.indices), "pool": ImageNames(train_id, pool.indices),
              "test": ImageNames(test_id, test.indices)}
-    failed = [(item_id(config.data.name, source, i), why) for i, why in train.failed]
-    failed += [(_test_id(config.data.name, source, i), why) for i, why in test.failed]
+    failed = [(train_id(i), why) for i, why in train.failed] + [(test_id(i), why) for i, why in test.failed]
     result = _checks(data.classes, names, train, cut, labels, test, failed, settings, model)
 
     def image(kind: str, position: int):
@@ -199,8 +199,6 @@ def _label(data: SSLData, index: int) -> int:
 
 
 def _test_id(dataset_name: str, source, index: int) -> str:
-    import os
-
     paths = getattr(source.test, "paths", None)
     return os.path.abspath(paths[index]) if paths is not None else f"{dataset_name}:test:{index}"
 
