@@ -5,7 +5,10 @@ subset of its own unlabeled pool and on its labeled images under strong augmenta
 calibration set), every estimator of ``finessl.eval.estimate``, against the run's measured
 test top-1. Per estimator: mean and worst absolute error, mean signed error, the Spearman
 rank correlation within each task (runs on the same data), and the same for the runs
-without a warning. The model outputs are cached under ``--cache``.
+without a warning. The model outputs are cached under ``--cache``. With ``--cross-fit K``
+the runs whose K folds ``finessl estimate --run RUN --cross-fit K`` trained (RUN/cross-fit)
+also get the cross-fitted estimators; a run without finished folds is left out of those
+rows (nothing is trained here).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/estimate_accuracy.py \\
         --runs runs/bench-openset runs/bench-estimate --doc docs/results.md --section estimate
@@ -44,6 +47,27 @@ def outputs_of(run_dir: Path, cache: Path):
     np.savez(stored, pool=out.pool, pool_aux=out.pool_aux if out.pool_aux is not None else np.zeros(0),
              calibration=out.calibration, calibration_labels=out.calibration_labels)
     return out
+
+
+def held_out_of(run_dir: Path, folds: int, cache: Path):
+    """The folds' held-out predictions (cached), or None where the folds are not finished."""
+    from finessl.cross_fit import cross_fit
+    from finessl.eval.estimate import HeldOut
+    from finessl.rundir import RunDir
+
+    folder = run_dir / RunDir.CROSS_FIT_FOLDS
+    if not all((folder / f"fold-{k}" / RunDir.FINAL).is_file() for k in range(folds)):
+        return None
+    key = hashlib.sha1(f"{run_dir.resolve()}:{folds}".encode()).hexdigest()[:16]
+    stored = cache / f"{key}-held-out.npz"
+    if stored.is_file():
+        data = np.load(stored)
+        return HeldOut(data["probs"], data["labels"], data["pool_confidence"], data["pool_predictions"])
+    held = cross_fit(run_dir, folds, device="cpu").held_out
+    cache.mkdir(parents=True, exist_ok=True)
+    np.savez(stored, probs=held.probs, labels=held.labels, pool_confidence=held.pool_confidence,
+             pool_predictions=held.pool_predictions)
+    return held
 
 
 def task_of(run_dir: Path, config) -> str:
@@ -111,19 +135,28 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path("runs/bench-estimate-cache"))
     parser.add_argument("--doc", type=Path)
     parser.add_argument("--section", default="estimate")
+    parser.add_argument("--cross-fit", type=int, default=0, metavar="K",
+                        help="also the cross-fitted estimators, from each run's K finished folds")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    from finessl.eval.estimate import ESTIMATORS, estimate
+    from finessl.eval.estimate import CROSS_FITTED, DEFAULT_CROSS_FITTED, ESTIMATORS, estimate
     from finessl.rundir import RunDir
 
     began = time.time()
     rows = []
     for root in args.runs:
         for final in sorted(root.rglob(RunDir.FINAL)):
+            if final.parent.parent.name == RunDir.CROSS_FIT_FOLDS:  # a cross-fitting fold, not a run
+                continue
             run = RunDir(final.parent)
             config = run.read_config()
             out = outputs_of(final.parent, args.cache)
             result = estimate(out, seed=config.seed)
+            crossed = None
+            if args.cross_fit:
+                out.held_out = held_out_of(final.parent, args.cross_fit, args.cache)
+                if out.held_out is not None:
+                    crossed = estimate(out, DEFAULT_CROSS_FITTED, seed=config.seed)
             done = run.read_final()
             evals = [r["top1"] for r in run.read_metrics() if r.get("kind") == "eval"
                      and r.get("top1") is not None]
@@ -132,17 +165,24 @@ def main() -> None:
                          "keep": config.train.keep, "kept_step": done.get("kept_step"),
                          "steps": done["steps"], "last_top1": done.get("last_top1", done["top1"]),
                          "evals": evals,
-                         "estimates": {**result.methods, "default": result.top1},
-                         "interval": result.interval, "warnings": result.warnings})
+                         "estimates": {**result.methods, "default": result.top1,
+                                       **(crossed.methods if crossed else {})},
+                         "interval": result.interval, "warnings": result.warnings,
+                         "cross_fit_interval": crossed.interval if crossed else None})
             print(f"{final.parent}: top1 {rows[-1]['top1']:.2f} "
                   + " ".join(f"{k} {v:.1f}" for k, v in rows[-1]["estimates"].items()), flush=True)
-    methods = ["default", *ESTIMATORS.names()]
+    methods = ["default", *ESTIMATORS.names(), *CROSS_FITTED.names()]
     inside = np.mean([r["interval"][0] <= r["top1"] <= r["interval"][1] for r in rows]) if rows else 0
+    crossed_rows = [r for r in rows if r["cross_fit_interval"]]
+    held = [r["cross_fit_interval"][0] <= r["top1"] <= r["cross_fit_interval"][1] for r in crossed_rows]
+    covered = (f" The cross-fitted default's ({DEFAULT_CROSS_FITTED}) interval holds it for "
+               f"{100 * np.mean(held):.0f} % of the {len(held)} cross-fitted runs." if held else "")
     text = "\n\n".join([
         table(rows, methods, "Every run"),
         table([r for r in rows if not r["warnings"]], methods, "Runs without a warning"),
         table([r for r in rows if r["warnings"]], methods, "Runs with a warning"),
-        f"The default's interval holds the measured top-1 for {100 * inside:.0f} % of the runs.",
+        f"The default's interval holds the measured top-1 for {100 * inside:.0f} % of the runs."
+        + covered,
         checkpoint_table(rows),
     ])
     footer = (f"\n\nMachine: {platform.processor() or platform.machine()}, "

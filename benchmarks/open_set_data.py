@@ -153,6 +153,34 @@ def build(spec: PoolSpec, out: Path, data_root: str = "data") -> dict:
     return truth
 
 
+def digits_task(out: Path, labels_per_class: int = 4, test_size: int = 450, seed: int = 0) -> Path:
+    """scikit-learn's 1,797 digits (8x8, upscaled to 28x28) as a ten-class task of its own:
+    ``labels_per_class`` labeled images per class, ``test_size`` test images, the rest the
+    unlabeled pool; written like ``build`` (``overrides(out)`` trains on it)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(digits.target))
+    test, rest = order[:test_size], order[test_size:]
+    labeled = np.concatenate([rest[digits.target[rest] == c][:labels_per_class] for c in range(10)])
+    images = out / "images"
+    images.mkdir(parents=True, exist_ok=True)
+
+    def save(i: int) -> str:
+        pixels = (digits.images[i] * (255.0 / 16.0)).astype(np.uint8)
+        Image.fromarray(pixels).resize((28, 28), Image.BILINEAR).save(images / f"{i}.png")
+        return f"images/{i}.png"
+
+    names = [str(k) for k in range(10)]
+    rows = [(save(i), names[digits.target[i]]) for i in labeled]
+    chosen = set(labeled.tolist())
+    rows += [(save(i), "") for i in rest if i not in chosen]
+    _write_csv(out / "train.csv", rows)
+    _write_csv(out / "test.csv", [(save(i), names[digits.target[i]]) for i in test])
+    return out
+
+
 def _write_csv(path: Path, rows) -> None:
     path.write_text("path,label\n" + "".join(f"{p},{label}\n" for p, label in rows))
 

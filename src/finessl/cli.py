@@ -173,18 +173,30 @@ def cmd_eval(args, overrides) -> int:
 
 
 def cmd_estimate(args, overrides) -> int:
-    from finessl.eval.estimate import ESTIMATORS
+    from finessl.errors import ConfigError
+    from finessl.eval.estimate import CROSS_FITTED, ESTIMATORS, method_of
     from finessl.run import estimate
 
     if args.method:  # both checked before the run's images are read
-        ESTIMATORS.get(args.method)
+        method_of(args.method)
+        if args.method in CROSS_FITTED and not args.cross_fit:
+            raise ConfigError(f"--method {args.method} needs --cross-fit (it calibrates on the "
+                              f"folds' held-out labels); without it: {', '.join(ESTIMATORS)}")
     if args.out:
         check_writable(args.out)
-    found = estimate(args.run, args.pool or None, device=args.device, method=args.method)
+    if args.cross_fit:
+        from finessl.cross_fit import cross_fitted_estimate
+
+        found = cross_fitted_estimate(args.run, args.cross_fit, args.device, args.method,
+                                      args.pool or None)
+        labels = f"{args.cross_fit}-fold cross-fitted on the run's labels"
+    else:
+        found = estimate(args.run, args.pool or None, device=args.device, method=args.method)
+        labels = "no labels used"
     where = ", ".join(args.pool) if args.pool else "the run's unlabeled pool"
     low, high = found.interval
     print(f"estimated top1 {found.top1:.1f} % [{low:.1f}, {high:.1f}] ({found.method}, "
-          f"{found.pool_size:,} images of {where}, no labels used)")
+          f"{found.pool_size:,} images of {where}, {labels})")
     print("  every estimator: " + "  ".join(f"{k} {v:.1f}" for k, v in found.methods.items()))
     for warning in found.warnings:
         print(f"  warning: {warning}")
@@ -671,7 +683,12 @@ def build_parser() -> argparse.ArgumentParser:
     estimate.add_argument("--run", required=True, help="run directory")
     estimate.add_argument("pool", nargs="*", help="images, folders of images or CSV lists "
                                                   "(default: the run's unlabeled pool)")
-    estimate.add_argument("--method", help="estimator (default: the run's train.estimate)")
+    estimate.add_argument("--method", help="estimator (default: the run's train.estimate; with "
+                                           "--cross-fit, the cross-fitted default)")
+    estimate.add_argument("--cross-fit", type=int, nargs="?", const=2, default=0, metavar="K",
+                          help="train the run K more times (default 2), each without 1/K of its "
+                               "labels, and calibrate on the labels each fold left out "
+                               "(folds kept in RUN/cross-fit, resumable)")
     estimate.add_argument("--out", help="also write the estimate to this JSON file")
     estimate.add_argument("--device", default="auto")
     estimate.set_defaults(func=cmd_estimate, whole_pool=True)

@@ -228,16 +228,12 @@ def zeroshot(config: Config | str | Path | dict, device: str = "auto") -> dict:
     return classification_metrics(torch.cat(logits), torch.cat(labels))
 
 
-def run_outputs(run_dir: str | Path, device: str = "auto", pool: Sequence[str | Path] | None = None):
-    """A run's model outputs for estimating its accuracy: on its own unlabeled pool (the
-    fixed subset training estimates on) or on the images ``pool`` names (files, folders,
-    CSV lists), and on its labeled images under strong augmentation."""
-    from finessl.algorithms import trains_aux_head
-    from finessl.data.datasets import FileImages
+def run_data(run_dir: str | Path, device: str = "auto"):
+    """A trained run's model (``Predictor``) and its data as it trained on them (the pool
+    without what ``algorithm.ood`` dropped), without opening every file again."""
     from finessl.data.ssl_data import build_ssl_data
-    from finessl.eval.estimate import PoolImages, data_outputs
     from finessl.hub import local_run
-    from finessl.inference import collect_images, load
+    from finessl.inference import load
 
     run_dir = local_run(run_dir)
     predictor = load(run_dir, device)
@@ -247,11 +243,35 @@ def run_outputs(run_dir: str | Path, device: str = "auto", pool: Sequence[str | 
     excluded = RunDir(run_dir).read_ood_excluded()
     if excluded is not None:
         data = data.without_unlabeled(excluded)
-    images = None
-    if pool:
-        paths = collect_images(pool)
-        images = PoolImages(FileImages(paths, [-1] * len(paths)), np.arange(len(paths)),
-                            data.transforms.test, predictor.image_size)
+    return predictor, data
+
+
+def estimate_images(predictor, data, pool: Sequence[str | Path] | None = None):
+    """The images an estimate reads: those ``pool`` names (files, folders, CSV lists), or
+    the run's fixed pool subset (``train.estimate_pool``), at test transform."""
+    from finessl.data.datasets import FileImages
+    from finessl.eval.estimate import PoolImages, pool_view
+    from finessl.inference import collect_images
+
+    if not pool:
+        return pool_view(data.source.train, data.unlabeled_indices, data.transforms.test,
+                         predictor.image_size, predictor.config.train.estimate_pool,
+                         predictor.config.seed)
+    paths = collect_images(pool)
+    return PoolImages(FileImages(paths, [-1] * len(paths)), np.arange(len(paths)),
+                      data.transforms.test, predictor.image_size)
+
+
+def run_outputs(run_dir: str | Path, device: str = "auto", pool: Sequence[str | Path] | None = None):
+    """A run's model outputs for estimating its accuracy: on its own unlabeled pool (the
+    fixed subset training estimates on) or on the images ``pool`` names (files, folders,
+    CSV lists), and on its labeled images under strong augmentation."""
+    from finessl.algorithms import trains_aux_head
+    from finessl.eval.estimate import data_outputs
+
+    predictor, data = run_data(run_dir, device)
+    cfg = predictor.config
+    images = estimate_images(predictor, data, pool) if pool else None
     precision = resolve_precision(cfg.train.precision, predictor.device)
     return data_outputs(predictor.model, data, trains_aux_head(cfg.algorithm), predictor.device,
                         predictor.image_size, cfg.train.eval_batch_size, cfg.seed, images,

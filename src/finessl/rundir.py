@@ -174,6 +174,8 @@ class RunDir:
     OOD_EXCLUDED = "ood_excluded.csv"
     AUDIT = "audit"  # finessl audit --run: its files are named in finessl.audit.output
     AUDIT_SUMMARY = "audit.json"  # inside AUDIT
+    CROSS_FIT = "cross_fit.json"  # finessl estimate --cross-fit: the cross-fitted estimate
+    CROSS_FIT_FOLDS = "cross-fit"  # ... and its fold runs, fold-0, fold-1, ...
     CARD = "README.md"  # the model card (a user's own README.md is left alone)
     MLRUNS = "mlruns"
     WANDB = "wandb"
@@ -416,6 +418,10 @@ class RunDir:
         if problem:
             raise self.damaged(f"{self.FINAL}: {problem}")
         return final
+
+    def read_cross_fit(self) -> dict | None:
+        """``finessl estimate --cross-fit``'s result (None: the run was not cross-fitted)."""
+        return self._read_json(self.CROSS_FIT) if (self.path / self.CROSS_FIT).is_file() else None
 
     def _read_json(self, name: str) -> Any:
         path = self.path / name

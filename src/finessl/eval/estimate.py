@@ -19,6 +19,14 @@ under strong augmentation (``strong``), which the model has not seen in that for
 
 The interval is a bootstrap over the pool's images plus the spread of the estimators
 that apply: the methods disagree most where none of them can be trusted.
+
+*Cross-fitted* estimators (``CROSS_FITTED``; ``finessl.cross_fit`` makes their inputs)
+calibrate on labeled images predicted by fold models that never trained on them, instead of
+on memorised ones: ``held-out`` (the folds' accuracy on them: fewer labels, so it
+underrates), ``cross-fit-atc`` and ``cross-fit-temperature`` (the ATC threshold and the
+temperature fitted there, applied to the run's own pool confidences) and ``cross-fit-doc``
+(held-out accuracy plus the run's confidence gain over the folds on the pool). Their
+bootstrap also redraws the held-out images, which dominate the interval.
 """
 
 from __future__ import annotations
@@ -31,8 +39,11 @@ import numpy as np
 from finessl.registry import Registry
 
 ESTIMATORS: Registry[Callable[..., float]] = Registry("estimate.method")
+CROSS_FITTED: Registry[Callable[..., float]] = Registry("estimate.cross-fitted method")
 # The least wrong on 60 runs of known accuracy (docs/results.md#label-free-estimates).
 DEFAULT_ESTIMATOR = "confidence"
+# The cross-fitted estimator ``finessl estimate --cross-fit`` reports (docs/results.md).
+DEFAULT_CROSS_FITTED = "cross-fit-atc"
 FALLBACK_ESTIMATOR = "atc"  # where a chosen estimator does not apply (agreement without a
                             # trained auxiliary head, the calibrated ones without labels)
 
@@ -46,10 +57,37 @@ class Outputs:
     pool_aux: np.ndarray | None = None
     calibration: np.ndarray | None = None
     calibration_labels: np.ndarray | None = None
+    held_out: HeldOut | None = None
 
-    def subset(self, rows: np.ndarray) -> Outputs:
+    def subset(self, rows: np.ndarray, held_rows: np.ndarray | None = None) -> Outputs:
+        """The pool rows ``rows`` (and the held-out rows ``held_rows``), as a bootstrap draws."""
+        held = self.held_out
+        if held is not None:
+            held = held.subset(rows, held_rows)
         return Outputs(self.pool[rows], None if self.pool_aux is None else self.pool_aux[rows],
-                       self.calibration, self.calibration_labels)
+                       self.calibration, self.calibration_labels, held)
+
+
+@dataclass
+class HeldOut:
+    """What cross-fitting saw: fold-model probabilities ``probs`` [M, C] on the labeled
+    images each fold left out, their ``labels``, and on the pool (the rows of
+    ``Outputs.pool``) the folds' mean top-class probability ``pool_confidence`` [N] and
+    each fold's predicted class ``pool_predictions`` [K, N]."""
+
+    probs: np.ndarray
+    labels: np.ndarray
+    pool_confidence: np.ndarray
+    pool_predictions: np.ndarray
+
+    def subset(self, rows: np.ndarray, held_rows: np.ndarray | None = None) -> HeldOut:
+        keep = slice(None) if held_rows is None else held_rows
+        return HeldOut(self.probs[keep], self.labels[keep], self.pool_confidence[rows],
+                       self.pool_predictions[:, rows])
+
+    @property
+    def right(self) -> np.ndarray:
+        return self.probs.argmax(1) == self.labels
 
 
 def _confidence(probs: np.ndarray) -> np.ndarray:
@@ -92,6 +130,64 @@ def agreement(out: Outputs) -> float:
     if out.pool_aux is None:
         return float("nan")
     return float((out.pool.argmax(1) == out.pool_aux.argmax(1)).mean())
+
+
+@CROSS_FITTED.register("held-out")
+def held_out(out: Outputs) -> float:
+    if out.held_out is None or not len(out.held_out.labels):
+        return float("nan")
+    return float(out.held_out.right.mean())
+
+
+@CROSS_FITTED.register("cross-fit-atc")
+def cross_fit_atc(out: Outputs) -> float:
+    if out.held_out is None or not len(out.held_out.labels):
+        return float("nan")
+    threshold = atc_threshold(_confidence(out.held_out.probs), out.held_out.right)
+    return float((_confidence(out.pool) > threshold).mean())
+
+
+@CROSS_FITTED.register("cross-fit-temperature")
+def cross_fit_temperature(out: Outputs) -> float:
+    if out.held_out is None or not len(out.held_out.labels):
+        return float("nan")
+    t = fit_temperature(out.held_out.probs, out.held_out.labels)
+    return float(_confidence(_tempered(out.pool, t)).mean())
+
+
+@CROSS_FITTED.register("cross-fit-doc")
+def cross_fit_doc(out: Outputs) -> float:
+    if out.held_out is None or not len(out.held_out.labels):
+        return float("nan")
+    gain = float(_confidence(out.pool).mean()) - float(out.held_out.pool_confidence.mean())
+    return float(np.clip(out.held_out.right.mean() + gain, 0.0, 1.0))
+
+
+@CROSS_FITTED.register("fold-agreement")
+def fold_agreement(out: Outputs) -> float:
+    """How often two folds (trained on disjoint halves of the labels) agree on a pool image,
+    plus the run's confidence gain over them: Jiang et al.'s disagreement, between models
+    whose labeled data differ, from the folds' accuracy to the run's."""
+    if out.held_out is None or len(out.held_out.pool_predictions) < 2:
+        return float("nan")
+    folds = out.held_out.pool_predictions
+    pairs = [(folds[i] == folds[j]).mean() for i in range(len(folds)) for j in range(i + 1, len(folds))]
+    gain = float(_confidence(out.pool).mean()) - float(out.held_out.pool_confidence.mean())
+    return float(np.clip(np.mean(pairs) + gain, 0.0, 1.0))
+
+
+@CROSS_FITTED.register("run-fold-agreement")
+def run_fold_agreement(out: Outputs) -> float:
+    """How often the run and a fold predict the same class on a pool image (mean over
+    folds)."""
+    if out.held_out is None or not len(out.held_out.pool_predictions):
+        return float("nan")
+    return float((out.held_out.pool_predictions == out.pool.argmax(1)[None]).mean())
+
+
+def method_of(name: str) -> Callable[..., float]:
+    """An estimator of either registry by name (unknown names: the registry's error)."""
+    return CROSS_FITTED.get(name) if name in CROSS_FITTED else ESTIMATORS.get(name)
 
 
 def atc_threshold(scores: np.ndarray, right: np.ndarray) -> float:
@@ -148,24 +244,34 @@ class Estimate:
 def estimate(out: Outputs, method: str = DEFAULT_ESTIMATOR, seed: int = 0,
              bootstrap: int = 200) -> Estimate:
     """The chosen estimator (``agreement`` falls back to ``atc`` without a trained auxiliary
-    head), every other one for comparison, a 95 % bootstrap interval widened to the range of
-    the estimators that apply, and warnings where the estimate is not to be trusted."""
-    ESTIMATORS.get(method)
-    every = {name: ESTIMATORS.get(name)(out) for name in ESTIMATORS}
-    applicable = {name: value for name, value in every.items() if np.isfinite(value)}
-    chosen = method if method in applicable else FALLBACK_ESTIMATOR
+    head, a cross-fitted one to ``confidence`` without held-out predictions), every other one
+    for comparison, a 95 % bootstrap interval, and warnings where the estimate is not to be
+    trusted. Without cross-fitting the interval is widened to the range of the estimators
+    that apply (they share one optimism, so their spread is the honest part); a cross-fitted
+    estimate's bootstrap redraws the held-out images too, the interval's main source."""
+    method_of(method)
+    plain = {name: ESTIMATORS.get(name)(out) for name in ESTIMATORS}
+    plain = {name: value for name, value in plain.items() if np.isfinite(value)}
+    crossed = {name: CROSS_FITTED.get(name)(out) for name in CROSS_FITTED}
+    crossed = {name: value for name, value in crossed.items() if np.isfinite(value)}
+    applicable = {**plain, **crossed}
+    chosen = method if method in applicable else \
+        ("confidence" if method in CROSS_FITTED else FALLBACK_ESTIMATOR)
     if chosen not in applicable:
         chosen = "confidence"
     value = applicable[chosen]
     rng = np.random.default_rng(seed)
     n = len(out.pool)
-    draws = [ESTIMATORS.get(chosen)(out.subset(rng.integers(0, n, n))) for _ in range(bootstrap)] \
-        if n else [value]
+    m = len(out.held_out.labels) if out.held_out is not None else 0
+    draws = [method_of(chosen)(out.subset(rng.integers(0, n, n),
+                                          rng.integers(0, m, m) if m else None))
+             for _ in range(bootstrap)] if n else [value]
     low, high = np.quantile(draws, [0.025, 0.975]) if n else (value, value)
-    spread = [v for k, v in applicable.items() if k in (chosen, "atc", "doc", "agreement")]
-    low, high = min(low, *spread), max(high, *spread)
+    if chosen not in CROSS_FITTED:
+        spread = [v for k, v in plain.items() if k in (chosen, "atc", "doc", "agreement")]
+        low, high = min(low, *spread), max(high, *spread)
     return Estimate(100.0 * value, (100.0 * float(low), 100.0 * float(high)), chosen,
-                    {k: 100.0 * v for k, v in applicable.items()}, n, warnings_for(out, applicable))
+                    {k: 100.0 * v for k, v in applicable.items()}, n, warnings_for(out, plain))
 
 
 def common_estimates(finals: list[dict]) -> tuple[str | None, list[float | None]]:

@@ -178,8 +178,14 @@ def _estimates_table(runs) -> str:
     if method is None:
         return ""
     rows = [[r.name, v, r.final.get("top1")] for r, v in zip(runs, values)]
+    header = ["run", "estimated top-1 %", "test top-1 %"]
+    crossed = [r.cross_fit for r in runs]
+    if all(crossed):  # every run cross-fitted: its held-out-calibrated estimate beside
+        header.insert(2, "cross-fitted estimate %")
+        for row, found in zip(rows, crossed):
+            row.insert(2, f"{found['estimated_top1']:.1f} ({found['estimate_method']})")
     return (f"<h3>Estimated without labels ({html.escape(method)}, the same estimator for every "
-            f"run)</h3>" + html_table(rows, ["run", "estimated top-1 %", "test top-1 %"], 'class="sortable"')
+            f"run)</h3>" + html_table(rows, header, 'class="sortable"')
             + "<p>How far the estimate can be trusted: see the README (label-free estimates).</p>")
 
 

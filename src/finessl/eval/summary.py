@@ -36,6 +36,7 @@ class RunSummary:
     logits: torch.Tensor | None = None
     labels: torch.Tensor | None = None
     rows: list[ClassRow] = field(default_factory=list)
+    cross_fit: dict | None = None  # finessl estimate --cross-fit's result, where it ran
 
     def series(self, kind: str, key: str) -> tuple[list[int], list[float]]:
         """(steps, values) of ``key`` in the ``kind`` lines of metrics.jsonl."""
@@ -142,4 +143,5 @@ def summarise_run(path: str | Path) -> RunSummary:
     summary = RunSummary(run.path.name or str(run.path), run.path, context, final, classes, records,
                          config_text, logits, labels)
     summary.rows = class_rows(summary)
+    summary.cross_fit = run.read_cross_fit()
     return summary
