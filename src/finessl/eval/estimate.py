@@ -24,9 +24,12 @@ that apply: the methods disagree most where none of them can be trusted.
 calibrate on labeled images predicted by fold models that never trained on them, instead of
 on memorised ones: ``held-out`` (the folds' accuracy on them: fewer labels, so it
 underrates), ``cross-fit-atc`` and ``cross-fit-temperature`` (the ATC threshold and the
-temperature fitted there, applied to the run's own pool confidences) and ``cross-fit-doc``
-(held-out accuracy plus the run's confidence gain over the folds on the pool). Their
-bootstrap also redraws the held-out images, which dominate the interval.
+temperature fitted there, applied to the run's own pool confidences), ``cross-fit-doc``
+(held-out accuracy plus the run's confidence gain over the folds on the pool),
+``fold-agreement`` (how often two folds agree on the pool, plus that gain) and
+``run-fold-agreement`` (how often the run and a fold agree on the pool: Jiang et al.'s
+agreement between two models that share half their labels). Their bootstrap also redraws
+the held-out images.
 """
 
 from __future__ import annotations
