@@ -12,7 +12,7 @@ from test_estimate import accuracy, calibrated
 
 from finessl.cross_fit import assign_folds
 from finessl.errors import ConfigError
-from finessl.eval.estimate import CROSS_FITTED, HeldOut, Outputs, estimate
+from finessl.eval.estimate import CROSS_FITTED, DEFAULT_CROSS_FITTED, HeldOut, Outputs, estimate
 from finessl.run import train
 from finessl.rundir import RunDir
 
@@ -67,6 +67,9 @@ def test_cross_fit_doc_and_agreements_by_hand():
     assert CROSS_FITTED.get("held-out")(out) == pytest.approx(0.5)
     assert CROSS_FITTED.get("fold-agreement")(out) == pytest.approx(0.6)
     assert CROSS_FITTED.get("run-fold-agreement")(out) == pytest.approx(0.75)
+    # the interval brackets the folds' held-out accuracy (50) and plain confidence (80)
+    low, high = estimate(out, "run-fold-agreement").interval
+    assert low <= 50.0 + 1e-6 and high >= 80.0 - 1e-6
 
 
 def test_the_interval_redraws_the_held_out_images():
@@ -104,7 +107,7 @@ def test_estimate_command_cross_fits_a_run(capsys, tmp_path, monkeypatch):
     _, data = run_data(tmp_path / "a", "cpu")
     labeled = {f"synthetic:{i}" for i in data.labeled_indices}
     assert written["held_out_images"] == len(labeled) == 16
-    assert written["estimate_method"] == "cross-fit-atc"
+    assert written["estimate_method"] == DEFAULT_CROSS_FITTED
     assert {"held-out", "cross-fit-doc", "confidence"} <= set(written["estimates"])
     folds = [tmp_path / "a" / "cross-fit" / f"fold-{k}" for k in range(2)]
     held = [excluded(tmp_path / "a" / "cross-fit" / f"fold-{k}-exclude.csv") for k in range(2)]
@@ -128,7 +131,7 @@ def test_estimate_command_cross_fits_a_run(capsys, tmp_path, monkeypatch):
     run_cli(capsys, ["report", "--run", tmp_path / "a", "--run", tmp_path / "b", "--out",
                      tmp_path / "cmp"], code=0)
     page = (tmp_path / "cmp" / "index.html").read_text()
-    assert "cross-fitted estimate" in page and "(held-out)" in page and "(cross-fit-atc)" in page
+    assert "cross-fitted estimate" in page and "(held-out)" in page and f"({DEFAULT_CROSS_FITTED})" in page
 
 
 def test_extra_labels_are_held_out_too(tmp_path):
