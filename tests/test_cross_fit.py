@@ -67,9 +67,19 @@ def test_cross_fit_doc_and_agreements_by_hand():
     assert CROSS_FITTED.get("held-out")(out) == pytest.approx(0.5)
     assert CROSS_FITTED.get("fold-agreement")(out) == pytest.approx(0.6)
     assert CROSS_FITTED.get("run-fold-agreement")(out) == pytest.approx(0.75)
-    # the interval brackets the folds' held-out accuracy (50) and plain confidence (80)
-    low, high = estimate(out, "run-fold-agreement").interval
-    assert low <= 50.0 + 1e-6 and high >= 80.0 - 1e-6
+
+
+def test_the_cross_fitted_interval_spans_held_out_accuracy_to_confidence():
+    """The run predicts class 0 on every pool image at confidence 0.9, one fold 0 and the
+    other 1 everywhere: agreement is 1/2 on every image, so the bootstrap alone is the point
+    [50, 50]. One of the four held-out labels is right (25 %): the interval is [25, 90]."""
+    pool = np.tile([0.9, 0.1], (100, 1))
+    held = np.tile([0.8, 0.2], (4, 1))
+    folds = np.stack([np.zeros(100, dtype=int), np.ones(100, dtype=int)])
+    out = Outputs(pool, held_out=HeldOut(held, np.array([0, 1, 1, 1]), np.full(100, 0.8), folds))
+    found = estimate(out, "run-fold-agreement")
+    assert found.top1 == pytest.approx(50.0)
+    assert found.interval == pytest.approx((25.0, 90.0))
 
 
 def test_the_interval_redraws_the_held_out_images():
