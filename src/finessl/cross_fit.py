@@ -103,10 +103,11 @@ def write_fold_lists(folder: Path, k: int, held: np.ndarray, config: Config,
 
 
 def cross_fit(run_dir: str | Path, folds: int = FOLDS, device: str = "auto",
-              pool: Sequence[str | Path] | None = None) -> CrossFit:
+              pool: Sequence[str | Path] | None = None, loaded: tuple | None = None) -> CrossFit:
     """Trains (or resumes, or reuses) the run's ``folds`` fold runs and predicts each one's
     held-out labels at test transform, and the images an estimate reads (``pool``, or the
-    run's estimate subset of its own pool)."""
+    run's estimate subset of its own pool). ``loaded``: the run's ``run_data``, where the
+    caller has it already."""
     from finessl.data.ssl_data import LabeledView
     from finessl.hub import local_run
     from finessl.inference import load
@@ -115,7 +116,7 @@ def cross_fit(run_dir: str | Path, folds: int = FOLDS, device: str = "auto",
     if folds < 2:
         raise ConfigError(f"--cross-fit {folds}: cross-fitting needs at least 2 folds")
     run = RunDir(local_run(run_dir))  # a Hub run's folds live in its cache folder
-    predictor, data = run_data(run.path, device)
+    predictor, data = loaded or run_data(run.path, device)
     config = predictor.config
     labeled = data.labeled_indices
     labels = np.asarray([data.labeled.labels.get(int(i), data.source.train_targets[int(i)])
@@ -157,14 +158,14 @@ def cross_fitted_estimate(run_dir: str | Path, folds: int = FOLDS, device: str =
     on its own pool also written to ``RUN/cross_fit.json`` (with the held-out accuracy)."""
     from finessl.eval import estimate as estimators
     from finessl.hub import local_run
-    from finessl.run import run_outputs
+    from finessl.run import loaded_outputs, run_data
 
     run = RunDir(local_run(run_dir))
-    config = run.read_config()
-    fitted = cross_fit(run.path, folds, device, pool)
-    out = run_outputs(run.path, device, pool)
+    loaded = run_data(run.path, device)  # the run's model and data, read once for both
+    fitted = cross_fit(run.path, folds, device, pool, loaded)
+    out = loaded_outputs(*loaded, pool)
     out.held_out = fitted.held_out
-    found = estimate(out, method or estimators.DEFAULT_CROSS_FITTED, seed=config.seed)
+    found = estimate(out, method or estimators.DEFAULT_CROSS_FITTED, seed=loaded[0].config.seed)
     if pool:
         return found
     write_json(run.path / RunDir.CROSS_FIT, {**found.as_dict(), "folds": folds,

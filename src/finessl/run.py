@@ -266,10 +266,14 @@ def run_outputs(run_dir: str | Path, device: str = "auto", pool: Sequence[str | 
     """A run's model outputs for estimating its accuracy: on its own unlabeled pool (the
     fixed subset training estimates on) or on the images ``pool`` names (files, folders,
     CSV lists), and on its labeled images under strong augmentation."""
+    return loaded_outputs(*run_data(run_dir, device), pool)
+
+
+def loaded_outputs(predictor, data, pool: Sequence[str | Path] | None = None):
+    """``run_outputs`` for a run already loaded by ``run_data``."""
     from finessl.algorithms import trains_aux_head
     from finessl.eval.estimate import data_outputs
 
-    predictor, data = run_data(run_dir, device)
     cfg = predictor.config
     images = estimate_images(predictor, data, pool) if pool else None
     precision = resolve_precision(cfg.train.precision, predictor.device)
