@@ -69,6 +69,42 @@ def test_cross_fit_doc_and_agreements_by_hand():
     assert CROSS_FITTED.get("run-fold-agreement")(out) == pytest.approx(0.75)
 
 
+def test_cross_fit_mixture_by_hand():
+    """The folds are 0.9 sure of the two held-out labels they get right and 0.6 of the two
+    they get wrong; the run's pool confidence 0.8 = 0.9 a + 0.6 (1 - a) gives a = 2/3. No
+    wrong (or no right) held-out answer: no mixture to solve."""
+    held = np.array([[0.9, 0.1], [0.1, 0.9], [0.6, 0.4], [0.4, 0.6]])
+    pool = np.array([[0.7, 0.3], [0.1, 0.9]])  # mean confidence 0.8
+    folds = HeldOut(held, np.array([0, 1, 1, 0]), np.array([0.6, 0.8]), np.array([[0, 1]]))
+    assert CROSS_FITTED.get("cross-fit-mixture")(Outputs(pool, held_out=folds)) == pytest.approx(2 / 3)
+    folds.labels = held.argmax(1)
+    assert np.isnan(CROSS_FITTED.get("cross-fit-mixture")(Outputs(pool, held_out=folds)))
+
+
+def test_checked_confidence_trusts_confidence_only_where_the_folds_are_calibrated():
+    """By hand: four held-out labels at confidence 0.9, three right: the gaps conf - right
+    are (-0.1, -0.1, -0.1, 0.9), mean 0.15, standard error 0.5 / 2 = 0.25, so the folds pass
+    and plain confidence (0.8) is the estimate; all four wrong (gaps 0.9, no spread) fails,
+    and run-fold agreement (3/4) is. On constructed cases: folds calibrated by construction
+    pass, the same folds sharpened fail."""
+    held = np.tile([0.9, 0.1], (4, 1))
+    pool = np.array([[0.7, 0.3], [0.1, 0.9]])
+    folds = np.array([[0, 1], [1, 1]])
+    check = CROSS_FITTED.get("checked-confidence")
+    assert check(Outputs(pool, held_out=HeldOut(held, np.array([0, 0, 0, 1]), pool.max(1), folds))) \
+        == pytest.approx(0.8)
+    assert check(Outputs(pool, held_out=HeldOut(held, np.ones(4, dtype=int), pool.max(1), folds))) \
+        == pytest.approx(0.75)
+    big, big_labels = calibrated(2000, 0)
+    held, held_labels = calibrated(2000, 1)
+    wrong_half = np.stack([big.argmax(1), (big.argmax(1) + 1) % big.shape[1]])  # agreement 1/2
+    calibrated_folds = Outputs(big, held_out=HeldOut(held, held_labels, big.max(1), wrong_half))
+    assert check(calibrated_folds) == pytest.approx(big.max(1).mean())
+    sharp = sharpened(held)
+    overconfident = Outputs(big, held_out=HeldOut(sharp, held_labels, big.max(1), wrong_half))
+    assert check(overconfident) == pytest.approx(0.5)
+
+
 def test_the_cross_fitted_interval_spans_held_out_accuracy_to_confidence():
     """The run predicts class 0 on every pool image at confidence 0.9, one fold 0 and the
     other 1 everywhere: agreement is 1/2 on every image, so the bootstrap alone is the point

@@ -28,8 +28,11 @@ temperature fitted there, applied to the run's own pool confidences), ``cross-fi
 (held-out accuracy plus the run's confidence gain over the folds on the pool),
 ``fold-agreement`` (how often two folds agree on the pool, plus that gain) and
 ``run-fold-agreement`` (how often the run and a fold agree on the pool: Jiang et al.'s
-agreement between two models that share half their labels). Their bootstrap also redraws
-the held-out images.
+agreement between two models that share half their labels), ``checked-confidence`` (plain
+confidence where the folds are calibrated on their held-out labels, run-fold agreement where
+they are not) and ``cross-fit-mixture`` (the run's pool confidence as a mixture of the
+folds' confidence on right and on wrong held-out answers). Their bootstrap also redraws the
+held-out images.
 """
 
 from __future__ import annotations
@@ -193,6 +196,36 @@ def run_fold_agreement(out: Outputs) -> float:
     if out.held_out is None or not len(out.held_out.pool_predictions):
         return float("nan")
     return float((out.held_out.pool_predictions == out.pool.argmax(1)[None]).mean())
+
+
+@CROSS_FITTED.register("checked-confidence")
+def checked_confidence(out: Outputs) -> float:
+    """Plain ``confidence`` where the folds' own confidence passes the check it can be given:
+    on the labels they never saw, their mean confidence is within two standard errors of
+    their accuracy; ``run-fold-agreement`` where it fails (confidently wrong folds: the run,
+    trained the same way on the same pool, is likely overconfident too)."""
+    if out.held_out is None or len(out.held_out.labels) < 2:
+        return float("nan")
+    gap = _confidence(out.held_out.probs) - out.held_out.right
+    if abs(gap.mean()) <= 2.0 * gap.std(ddof=1) / np.sqrt(len(gap)):
+        return confidence(out)
+    return run_fold_agreement(out)
+
+
+@CROSS_FITTED.register("cross-fit-mixture")
+def cross_fit_mixture(out: Outputs) -> float:
+    """The run's mean pool confidence as a mixture of the folds' mean confidence on the
+    held-out labels they got right and on those they got wrong; the mixing weight is the
+    accuracy. Assumes the run is as confident as the folds on each kind of answer."""
+    if out.held_out is None:
+        return float("nan")
+    scores, right = _confidence(out.held_out.probs), out.held_out.right
+    if right.all() or not right.any():
+        return float("nan")
+    sure, unsure = float(scores[right].mean()), float(scores[~right].mean())
+    if sure <= unsure:
+        return float("nan")
+    return float(np.clip((confidence(out) - unsure) / (sure - unsure), 0.0, 1.0))
 
 
 def method_of(name: str) -> Callable[..., float]:
