@@ -108,6 +108,54 @@ def table(rows: list[dict], methods: list[str], subset: str) -> str:
     return "\n".join(lines)
 
 
+def test_confidence(run_dir: Path) -> float | None:
+    """Mean top-class probability on the test images (percent): images no run trained on,
+    against the pool the semi-supervised ones did train on. A diagnostic, not an estimator."""
+    from safetensors.numpy import load_file
+
+    from finessl.rundir import RunDir
+
+    stored = run_dir / RunDir.PREDICTIONS
+    if not stored.is_file():
+        return None
+    logits = load_file(stored)["logits"].astype(np.float64)
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    return float(100 * (probs.max(1) / probs.sum(1)).mean())
+
+
+def pool_versus_test(rows: list[dict]) -> str:
+    gaps = [r["test_confidence"] - r["estimates"]["confidence"] for r in rows
+            if r.get("test_confidence") is not None]
+    if not gaps:
+        return ""
+    return (f" Mean confidence on the test images minus on the pool: {np.mean(gaps):+.2f} points "
+            f"({min(gaps):+.1f} to {max(gaps):+.1f}, {len(gaps)} runs).")
+
+
+def per_task_table(rows: list[dict], methods: list[str]) -> str:
+    """Each estimator's mean absolute error, mean signed error and Spearman on each task:
+    an estimator can be right on one dataset and far off on another."""
+    tasks = sorted({r["task"] for r in rows})
+    lines = ["Per task: mean abs. error / mean signed error / Spearman\n",
+             "| estimator | " + " | ".join(f"{t} ({sum(r['task'] == t for r in rows)} runs)"
+                                         for t in tasks) + " |",
+             "|---|" + "---|" * len(tasks)]
+    for method in methods:
+        cells = []
+        for task in tasks:
+            group = [r for r in rows if r["task"] == task and method in r["estimates"]]
+            if not group:
+                cells.append("–")
+                continue
+            errors = np.asarray([r["estimates"][method] - r["top1"] for r in group])
+            rho = spearman([r["estimates"][method] for r in group], [r["top1"] for r in group])
+            cells.append(f"{np.abs(errors).mean():.1f} / {errors.mean():+.1f} / "
+                         + (f"{rho:.2f}" if rho == rho else "–"))
+        if any(c != "–" for c in cells):
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def checkpoint_table(rows: list[dict]) -> str:
     """train.keep: the test top-1 of the kept step under last, best-estimate and the oracle
     (the best test top-1 of any evaluation), over the runs that kept by estimate."""
@@ -164,7 +212,7 @@ def main() -> None:
                          "algorithm": config.algorithm.name, "top1": done["top1"],
                          "keep": config.train.keep, "kept_step": done.get("kept_step"),
                          "steps": done["steps"], "last_top1": done.get("last_top1", done["top1"]),
-                         "evals": evals,
+                         "evals": evals, "test_confidence": test_confidence(final.parent),
                          "estimates": {**result.methods, "default": result.top1,
                                        **(crossed.methods if crossed else {})},
                          "interval": result.interval, "warnings": result.warnings,
@@ -181,8 +229,9 @@ def main() -> None:
         table(rows, methods, "Every run"),
         table([r for r in rows if not r["warnings"]], methods, "Runs without a warning"),
         table([r for r in rows if r["warnings"]], methods, "Runs with a warning"),
+        per_task_table(rows, methods),
         f"The default's interval holds the measured top-1 for {100 * inside:.0f} % of the runs."
-        + covered,
+        + covered + pool_versus_test(rows),
         checkpoint_table(rows),
     ])
     footer = (f"\n\nMachine: {platform.processor() or platform.machine()}, "

@@ -103,6 +103,10 @@ def test_checked_confidence_trusts_confidence_only_where_the_folds_are_calibrate
     sharp = sharpened(held)
     overconfident = Outputs(big, held_out=HeldOut(sharp, held_labels, big.max(1), wrong_half))
     assert check(overconfident) == pytest.approx(0.5)
+    assert any("confidence is" in w and "above their accuracy" in w
+               for w in estimate(overconfident, "checked-confidence").warnings)
+    assert not any("cross-fitting folds" in w
+                   for w in estimate(calibrated_folds, "checked-confidence").warnings)
 
 
 def test_the_cross_fitted_interval_spans_held_out_accuracy_to_confidence():

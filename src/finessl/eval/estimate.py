@@ -204,12 +204,20 @@ def checked_confidence(out: Outputs) -> float:
     on the labels they never saw, their mean confidence is within two standard errors of
     their accuracy; ``run-fold-agreement`` where it fails (confidently wrong folds: the run,
     trained the same way on the same pool, is likely overconfident too)."""
-    if out.held_out is None or len(out.held_out.labels) < 2:
+    checked = miscalibration(out.held_out)
+    if checked is None:
         return float("nan")
-    gap = _confidence(out.held_out.probs) - out.held_out.right
-    if abs(gap.mean()) <= 2.0 * gap.std(ddof=1) / np.sqrt(len(gap)):
-        return confidence(out)
-    return run_fold_agreement(out)
+    return run_fold_agreement(out) if checked[0] else confidence(out)
+
+
+def miscalibration(held: HeldOut | None) -> tuple[bool, float] | None:
+    """Whether the folds' mean confidence on the labels they never saw is more than two
+    standard errors from their accuracy there, and by how much (confidence minus accuracy);
+    None with fewer than two held-out labels."""
+    if held is None or len(held.labels) < 2:
+        return None
+    gap = _confidence(held.probs) - held.right
+    return bool(abs(gap.mean()) > 2.0 * gap.std(ddof=1) / np.sqrt(len(gap))), float(gap.mean())
 
 
 @CROSS_FITTED.register("cross-fit-mixture")
@@ -344,6 +352,12 @@ def warnings_for(out: Outputs, applicable: dict[str, float]) -> list[str]:
     if predicted.max() > min(0.9, SHIFT_RATIO / C):
         notes.append(f"the model puts {100 * predicted.max():.0f} % of the pool into one class: "
                      "a collapsed model or a very imbalanced pool; estimates overrate such models")
+    checked = miscalibration(out.held_out)
+    if checked is not None and checked[0]:
+        side = "above" if checked[1] > 0 else "below"
+        notes.append(f"on the labels they never saw, the cross-fitting folds' confidence is "
+                     f"{100 * abs(checked[1]):.0f} points {side} their accuracy: plain confidence "
+                     "is not to be trusted here")
     values = list(applicable.values())
     if len(values) > 1 and max(values) - min(values) > DISAGREEMENT:
         notes.append(f"the estimators disagree by {100 * (max(values) - min(values)):.0f} points: the "
