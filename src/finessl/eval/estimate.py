@@ -357,7 +357,8 @@ def warnings_for(out: Outputs, applicable: dict[str, float]) -> list[str]:
         side = "above" if checked[1] > 0 else "below"
         notes.append(f"on the labels they never saw, the cross-fitting folds' confidence is "
                      f"{100 * abs(checked[1]):.0f} points {side} their accuracy: plain confidence "
-                     "is not to be trusted here")
+                     "may overrate this run too (folds with fewer labels are more overconfident "
+                     "than their run, so this is a hint, not proof)")
     values = list(applicable.values())
     if len(values) > 1 and max(values) - min(values) > DISAGREEMENT:
         notes.append(f"the estimators disagree by {100 * (max(values) - min(values)):.0f} points: the "
