@@ -108,19 +108,16 @@ def table(rows: list[dict], methods: list[str], subset: str) -> str:
     return "\n".join(lines)
 
 
-def test_confidence(run_dir: Path) -> float | None:
+def confidence_on_test(run_dir: Path) -> float | None:
     """Mean top-class probability on the test images (percent): images no run trained on,
     against the pool the semi-supervised ones did train on. A diagnostic, not an estimator."""
-    from safetensors.numpy import load_file
-
     from finessl.rundir import RunDir
 
-    stored = run_dir / RunDir.PREDICTIONS
-    if not stored.is_file():
+    run = RunDir(run_dir)
+    if not (run / RunDir.PREDICTIONS).is_file():
         return None
-    logits = load_file(stored)["logits"].astype(np.float64)
-    probs = np.exp(logits - logits.max(1, keepdims=True))
-    return float(100 * (probs.max(1) / probs.sum(1)).mean())
+    logits, _ = run.load_predictions()
+    return float(100 * logits.double().softmax(1).max(1).values.mean())
 
 
 def pool_versus_test(rows: list[dict]) -> str:
@@ -212,7 +209,7 @@ def main() -> None:
                          "algorithm": config.algorithm.name, "top1": done["top1"],
                          "keep": config.train.keep, "kept_step": done.get("kept_step"),
                          "steps": done["steps"], "last_top1": done.get("last_top1", done["top1"]),
-                         "evals": evals, "test_confidence": test_confidence(final.parent),
+                         "evals": evals, "test_confidence": confidence_on_test(final.parent),
                          "estimates": {**result.methods, "default": result.top1,
                                        **(crossed.methods if crossed else {})},
                          "interval": result.interval, "warnings": result.warnings,
