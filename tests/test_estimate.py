@@ -51,7 +51,7 @@ def test_calibrated_confidences_estimate_the_accuracy():
     calibration, calibration_labels = calibrated(20000, 1)
     truth = accuracy(pool, pool_labels)
     out = Outputs(pool, None, calibration, calibration_labels)
-    for name in ("confidence", "atc", "doc", "temperature"):
+    for name in ("confidence", "capped-confidence", "atc", "doc", "temperature"):
         assert ESTIMATORS.get(name)(out) == pytest.approx(truth, abs=0.015), name
 
 
@@ -89,6 +89,21 @@ def test_agreement_is_the_share_of_images_both_heads_put_in_one_class():
     assert estimate(Outputs(main), "agreement").method == "confidence"
 
 
+def test_capped_confidence_by_hand():
+    """Two classes, equally frequent in the labeled set. Six pool images predicted class 0
+    with confidence 0.9 and two predicted class 1 with confidence 0.6: confidence says
+    (5.4 + 1.2) / 8 = 0.825; class 0's mass 5.4 / 8 = 0.675 is capped at its prior 0.5, so
+    0.5 + 1.2 / 8 = 0.65 (the pool holds at most four images of class 0 if it is balanced)."""
+    pool = np.array([[0.9, 0.1]] * 6 + [[0.4, 0.6]] * 2)
+    out = Outputs(pool, None, np.full((4, 2), 0.5), np.array([0, 1, 0, 1]))
+    assert ESTIMATORS.get("confidence")(out) == pytest.approx(0.825)
+    assert ESTIMATORS.get("capped-confidence")(out) == pytest.approx(0.65)
+    # A balanced prediction is not capped; without labels there is no prior.
+    even = Outputs(pool[[0, 1, 6, 7]], None, np.full((4, 2), 0.5), np.array([0, 1, 0, 1]))
+    assert ESTIMATORS.get("capped-confidence")(even) == pytest.approx(0.75)
+    assert np.isnan(ESTIMATORS.get("capped-confidence")(Outputs(pool)))
+
+
 def test_atc_threshold_by_hand():
     scores = 0.5 + np.arange(1, 11) / 20  # confidences 0.55, 0.60, ..., 1.00
     right = np.arange(10) >= 3  # the three least confident are wrong: 70 % right
@@ -121,13 +136,16 @@ def test_common_estimates_compare_runs_on_one_estimator():
 
 
 def test_training_estimates_at_every_evaluation_and_keeps_the_best_through_resume(tmp_path):
-    keep = {"train.keep": "best-estimate", "train.eval_every": "1", "train.steps": "5"}
+    keep = {"train.keep": "best-estimate", "train.eval_every": "1", "train.steps": "5",
+            "train.keep_margin": "0"}
     straight = train(smoke(**keep), tmp_path / "straight", callbacks=[])
     records = [r for r in RunDir(tmp_path / "straight").read_metrics() if r["kind"] == "eval"]
     assert [r["step"] for r in records] == [1, 2, 3, 4, 5]
     estimates = [r["estimated_top1"] for r in records]
     assert all(0 <= e <= 100 for e in estimates)
     best = int(np.argmax(estimates))  # the first of the highest
+    if estimates[best] == estimates[-1]:
+        best = len(estimates) - 1  # no lead over the last: margin 0 keeps it
     assert straight["kept_step"] == records[best]["step"]
     assert straight["estimated_top1"] == pytest.approx(estimates[best])
     assert straight["top1"] == pytest.approx(records[best]["top1"])  # the kept model's test top-1
@@ -145,6 +163,28 @@ def test_training_estimates_at_every_evaluation_and_keeps_the_best_through_resum
     a, _ = RunDir(tmp_path / "straight").load_adapter()
     b, _ = RunDir(tmp_path / "stopped").load_adapter()
     assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+
+
+def test_keep_margin_goes_back_only_for_a_lead_larger_than_it(tmp_path):
+    """The same run with a margin no lead can pass keeps the last step; with the smallest
+    lead that goes back, the earlier step (the rule worked out from metrics.jsonl)."""
+    base = {"train.keep": "best-estimate", "train.eval_every": "1", "train.steps": "5"}
+    stays = train(smoke(**base, **{"train.keep_margin": "100"}), tmp_path / "stays", callbacks=[])
+    records = [r for r in RunDir(tmp_path / "stays").read_metrics() if r["kind"] == "eval"]
+    estimates = [r["estimated_top1"] for r in records]
+    assert stays["kept_step"] == 5 and stays["top1"] == pytest.approx(records[-1]["top1"])
+    best = int(np.argmax(estimates))
+    lead = estimates[best] - estimates[-1]
+    if best == len(estimates) - 1:
+        assert "the last evaluation had the highest" in stays["kept_reason"]
+        return
+    assert f"estimated {lead:.2f} points above the last" in stays["kept_reason"]
+    if lead == 0:
+        return
+    goes = train(smoke(**base, **{"train.keep_margin": str(lead / 2)}), tmp_path / "goes",
+                 callbacks=[])
+    assert goes["kept_step"] == records[best]["step"]
+    assert goes["top1"] == pytest.approx(records[best]["top1"])
 
 
 def test_estimating_does_not_change_training(tmp_path):

@@ -180,7 +180,7 @@ class AlgorithmConfig(_MovedKeys):
 
 
 # finessl.eval.estimate's estimators (a test keeps the two lists equal).
-ESTIMATORS = ("agreement", "atc", "doc", "temperature", "confidence", "none")
+ESTIMATORS = ("agreement", "atc", "doc", "temperature", "confidence", "capped-confidence", "none")
 
 
 @dataclass
@@ -221,12 +221,15 @@ class TrainConfig:
     loggers: list[str] = opt([], "extra experiment trackers: csv, mlflow, wandb",
                              choices=("csv", "mlflow", "wandb"))
     estimate: str = opt("confidence", "label-free accuracy estimate at each evaluation (on the "
-                                      "unlabeled pool): confidence, atc, doc, temperature, "
-                                      "agreement or none", choices=ESTIMATORS)
+                                      "unlabeled pool): confidence, capped-confidence, atc, "
+                                      "doc, temperature, agreement or none", choices=ESTIMATORS)
     estimate_pool: int | None = opt(2000, "pool images each estimate reads (a fixed random "
                                           "subset; none: all)", ge=1)
     keep: str = opt("last", "the adapter a run ends with: last, or best-estimate (the evaluation "
                             "with the highest estimated accuracy)", choices=("last", "best-estimate"))
+    keep_margin: float = opt(1.0, "train.keep best-estimate keeps an earlier evaluation only if "
+                                  "its estimate beats the last one's by more than this many points "
+                                  "(step-to-step noise is not a reason to go back)", ge=0)
     compile: bool = opt(False, "torch.compile the model")
     channels_last: bool = opt(True, "channels-last memory format for CNNs on CUDA")
 

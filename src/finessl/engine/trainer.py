@@ -506,13 +506,39 @@ class Trainer:
                 raise self.run.damaged(f"{self.run.BEST_ADAPTER} does not fit the run's model") from None
             self.best_weights = weights
 
+    def _best_lead(self) -> float | None:
+        """How many points the best earlier evaluation's estimate beats the last one's by
+        (None: the last is the best, or either estimate is missing)."""
+        best = self.best["estimate"].get("estimated_top1")
+        if self.best_weights is None or self.best["step"] == self.step or best is None \
+                or self.last_estimate is None:
+            return None
+        return float(best) - self.last_estimate.top1
+
+    def _goes_back(self) -> bool:
+        """``train.keep best-estimate`` keeps an earlier evaluation only where its estimate
+        leads the last one's by more than ``train.keep_margin`` (only the main process
+        estimates: its answer is every process's)."""
+        if self.config.train.keep != "best-estimate" or self.best_weights is None:
+            return False
+        lead = self._best_lead()
+        return self.dist.any(lead is not None and lead > self.config.train.keep_margin, self.device)
+
+    def _last_kept_reason(self) -> str:
+        if self.config.train.keep != "best-estimate":
+            return "train.keep last"
+        lead = self._best_lead()
+        if lead is None:
+            return "train.keep best-estimate: the last evaluation had the highest estimated top-1"
+        return (f"train.keep best-estimate: step {self.best['step']} was estimated {lead:.2f} points "
+                f"above the last, within train.keep_margin ({self.config.train.keep_margin:g})")
+
     def _final(self) -> dict:
         if self.last_metrics is None:
             self.last_metrics = self.evaluate()
             self._estimate()
         metrics, found, kept = self.last_metrics, self.last_estimate, {}
-        if self.config.train.keep == "best-estimate" and self.best_weights is not None \
-                and self.best["step"] != self.step:
+        if self._goes_back():
             kept["last_top1"] = metrics.get("top1")
             self.model.load_state_dict(self.best_weights, strict=False)
             metrics = self.evaluate()
@@ -524,9 +550,7 @@ class Trainer:
                                     "highest estimated top-1"
                                     + (f" ({value:.2f} %)" if value is not None else ""))
         else:
-            kept.update(kept_step=self.step, kept_reason=(
-                "train.keep best-estimate: the last evaluation had the highest estimated top-1"
-                if self.config.train.keep == "best-estimate" else "train.keep last"))
+            kept.update(kept_step=self.step, kept_reason=self._last_kept_reason())
         if kept["kept_step"] != self.step:
             found = None  # the kept step's estimate is the best one
             kept.update(self.best["estimate"])

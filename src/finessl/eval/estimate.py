@@ -15,7 +15,12 @@ under strong augmentation (``strong``), which the model has not seen in that for
   minus the drop of mean confidence from the calibration set to the pool;
 * ``agreement``: how often two heads that were trained differently (FineSSL's main and
   auxiliary heads) predict the same class (Jiang et al., ICLR 2022: disagreement tracks
-  the error).
+  the error);
+* ``capped-confidence``: ``confidence`` summed per predicted class, each class's share capped
+  at its share of the labeled set: a model cannot be right on more images of a class than
+  the pool holds, so confident mass piled onto one class (confirmation bias merging two
+  classes) is not counted as right. Assumes the pool's classes are as frequent as the
+  labeled set's; equal to ``confidence`` wherever no class is over-predicted.
 
 The interval is a bootstrap over the pool's images plus the spread of the estimators
 that apply: the methods disagree most where none of them can be trusted.
@@ -143,6 +148,19 @@ def agreement(out: Outputs) -> float:
     if out.pool_aux is None:
         return float("nan")
     return float((out.pool.argmax(1) == out.pool_aux.argmax(1)).mean())
+
+
+@ESTIMATORS.register("capped-confidence")
+def capped_confidence(out: Outputs) -> float:
+    """Accuracy is at most sum_k min(P(predicted k), P(class k)); per predicted class the
+    calibrated share of right answers is its confidence mass, capped at the class's share of
+    the labeled set (the prior)."""
+    if out.calibration_labels is None or not len(out.calibration_labels) or not len(out.pool):
+        return float("nan")
+    C = out.pool.shape[1]
+    prior = np.bincount(out.calibration_labels, minlength=C)[:C] / len(out.calibration_labels)
+    mass = np.bincount(out.pool.argmax(1), weights=_confidence(out.pool), minlength=C) / len(out.pool)
+    return float(np.minimum(mass, prior).sum())
 
 
 @CROSS_FITTED.register("held-out")
