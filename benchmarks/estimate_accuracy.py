@@ -153,25 +153,66 @@ def per_task_table(rows: list[dict], methods: list[str]) -> str:
     return "\n".join(lines)
 
 
+def kept_by(evals: list[dict], method: str, margin: float) -> float:
+    """The test top-1 that ``train.keep best-estimate`` would keep if it read ``method``'s
+    estimate at every evaluation: the first of the highest, unless its lead over the last
+    evaluation is ``margin`` points or less (the trainer's rule, replayed from metrics)."""
+    values = [e["estimates"].get(method, float("nan")) for e in evals]
+    if not all(np.isfinite(values)):
+        return float("nan")
+    best = int(np.argmax(values))
+    return evals[best]["top1"] if values[best] - values[-1] > margin else evals[-1]["top1"]
+
+
+# The rules replayed from metrics.jsonl beside the one the runs trained with.
+REPLAYED = [("confidence", 0.0), ("confidence", 1.0), ("capped-confidence", 0.0),
+            ("capped-confidence", 1.0), ("atc", 1.0), ("doc", 1.0), ("agreement", 1.0)]
+
+
+def checkpoint_rows(chosen: list[dict]) -> list[str]:
+    last = np.asarray([r["last_top1"] for r in chosen])
+    kept = np.asarray([r["top1"] for r in chosen])
+    oracle = np.asarray([max(e["top1"] for e in r["evals"]) for r in chosen])
+
+    def line(label: str, values: np.ndarray) -> str:
+        """Over the runs the rule applies to (agreement: those with an auxiliary head)."""
+        ok = np.isfinite(values)
+        if ok.sum() < len(values):
+            label += f" ({ok.sum()} of {len(values)} runs)"
+        v, a, b = values[ok], last[ok], oracle[ok]
+        return (f"| {label} | {v.mean():.2f} | {(v - a).mean():+.2f} | "
+                f"{(v - b).mean():+.2f} | {(v - a).min():+.2f} |")
+
+    lines = ["| kept | mean test top-1 | vs last | vs oracle | worst vs last |", "|---|---|---|---|---|",
+             f"| last | {last.mean():.2f} | – | {(last - oracle).mean():+.2f} | – |",
+             line("best-estimate (as trained)", kept)]
+    for method, margin in REPLAYED:
+        values = np.asarray([kept_by(r["evals"], method, margin) for r in chosen])
+        if np.isfinite(values).any():
+            lines.append(line(f"by {method}, margin {margin:g}", values))
+    lines.append(f"| oracle (test set) | {oracle.mean():.2f} | {(oracle - last).mean():+.2f} | – | – |")
+    return lines
+
+
 def checkpoint_table(rows: list[dict]) -> str:
-    """train.keep: the test top-1 of the kept step under last, best-estimate and the oracle
-    (the best test top-1 of any evaluation), over the runs that kept by estimate."""
+    """train.keep: the test top-1 of the kept step under last, best-estimate (as the runs
+    were trained, and replayed with other estimators and margins) and the oracle (the best
+    test top-1 of any evaluation), over the runs that kept by estimate; again over the runs
+    that fell off late (last more than a point below the oracle), where the choice matters."""
     chosen = [r for r in rows if r.get("keep") == "best-estimate" and r["evals"]]
     if not chosen:
         return "No run here was trained with train.keep best-estimate."
-    last = np.asarray([r["last_top1"] for r in chosen])
-    kept = np.asarray([r["top1"] for r in chosen])
-    oracle = np.asarray([max(r["evals"]) for r in chosen])
     moved = sum(r["kept_step"] != r["steps"] for r in chosen)
-    return "\n".join([
-        f"Checkpoint choice: {len(chosen)} runs with train.keep best-estimate, "
-        f"{len(chosen[0]['evals'])} evaluations each; the kept step was not the last in {moved}.\n",
-        "| kept | mean test top-1 | vs last | vs oracle | worst vs last |", "|---|---|---|---|---|",
-        f"| last | {last.mean():.2f} | – | {(last - oracle).mean():+.2f} | – |",
-        f"| best-estimate | {kept.mean():.2f} | {(kept - last).mean():+.2f} | "
-        f"{(kept - oracle).mean():+.2f} | {(kept - last).min():+.2f} |",
-        f"| oracle (test set) | {oracle.mean():.2f} | {(oracle - last).mean():+.2f} | – | – |",
-    ])
+    margins = sorted({r.get("keep_margin") for r in chosen}, key=str)
+    fell = [r for r in chosen if max(e["top1"] for e in r["evals"]) - r["last_top1"] > 1.0]
+    parts = [f"Checkpoint choice: {len(chosen)} runs with train.keep best-estimate "
+             f"(train.keep_margin {', '.join(str(m) for m in margins)}), "
+             f"{len(chosen[0]['evals'])} evaluations each; the kept step was not the last in {moved}.\n",
+             *checkpoint_rows(chosen)]
+    if fell:
+        parts += [f"\nThe {len(fell)} of them whose last evaluation was more than a point below "
+                  "their best (by test top-1):\n", *checkpoint_rows(fell)]
+    return "\n".join(parts)
 
 
 def main() -> None:
@@ -203,11 +244,12 @@ def main() -> None:
                 if out.held_out is not None:
                     crossed = estimate(out, DEFAULT_CROSS_FITTED, seed=config.seed)
             done = run.read_final()
-            evals = [r["top1"] for r in run.read_metrics() if r.get("kind") == "eval"
-                     and r.get("top1") is not None]
+            evals = [{"step": r["step"], "top1": r["top1"], "estimates": r.get("estimates") or {}}
+                     for r in run.read_metrics() if r.get("kind") == "eval" and r.get("top1") is not None]
             rows.append({"run": str(final.parent), "task": task_of(final.parent, config),
                          "algorithm": config.algorithm.name, "top1": done["top1"],
                          "keep": config.train.keep, "kept_step": done.get("kept_step"),
+                         "keep_margin": getattr(config.train, "keep_margin", None),
                          "steps": done["steps"], "last_top1": done.get("last_top1", done["top1"]),
                          "evals": evals, "test_confidence": confidence_on_test(final.parent),
                          "estimates": {**result.methods, "default": result.top1,
@@ -234,6 +276,7 @@ def main() -> None:
     footer = (f"\n\nMachine: {platform.processor() or platform.machine()}, "
               f"{time.time() - began:.0f} s for this table.")
     print(text + footer)
+    args.cache.mkdir(parents=True, exist_ok=True)
     (args.cache / "rows.json").write_text(json.dumps(rows, indent=1))
     if args.doc:
         from harness import write_section
