@@ -220,9 +220,10 @@ class TrainConfig:
     tensorboard: bool = opt(True, "TensorBoard event files in the run directory")
     loggers: list[str] = opt([], "extra experiment trackers: csv, mlflow, wandb",
                              choices=("csv", "mlflow", "wandb"))
-    estimate: str = opt("confidence", "label-free accuracy estimate at each evaluation (on the "
-                                      "unlabeled pool): confidence, capped-confidence, atc, "
-                                      "doc, temperature, agreement or none", choices=ESTIMATORS)
+    estimate: str = opt("capped-confidence", "label-free accuracy estimate at each evaluation "
+                                             "(on the unlabeled pool): capped-confidence, "
+                                             "confidence, atc, doc, temperature, agreement or none",
+                        choices=ESTIMATORS)
     estimate_pool: int | None = opt(2000, "pool images each estimate reads (a fixed random "
                                           "subset; none: all)", ge=1)
     keep: str = opt("last", "the adapter a run ends with: last, or best-estimate (the evaluation "
