@@ -249,7 +249,7 @@ def main() -> None:
             rows.append({"run": str(final.parent), "task": task_of(final.parent, config),
                          "algorithm": config.algorithm.name, "top1": done["top1"],
                          "keep": config.train.keep, "kept_step": done.get("kept_step"),
-                         "keep_margin": getattr(config.train, "keep_margin", None),
+                         "keep_margin": config.train.keep_margin,
                          "steps": done["steps"], "last_top1": done.get("last_top1", done["top1"]),
                          "evals": evals, "test_confidence": confidence_on_test(final.parent),
                          "estimates": {**result.methods, "default": result.top1,
