@@ -203,11 +203,13 @@ def checkpoint_table(rows: list[dict]) -> str:
     if not chosen:
         return "No run here was trained with train.keep best-estimate."
     moved = sum(r["kept_step"] != r["steps"] for r in chosen)
+    counts = [len(r["evals"]) for r in chosen]
     margins = sorted({r.get("keep_margin") for r in chosen}, key=str)
     fell = [r for r in chosen if max(e["top1"] for e in r["evals"]) - r["last_top1"] > 1.0]
     parts = [f"Checkpoint choice: {len(chosen)} runs with train.keep best-estimate "
              f"(train.keep_margin {', '.join(str(m) for m in margins)}), "
-             f"{len(chosen[0]['evals'])} evaluations each; the kept step was not the last in {moved}.\n",
+             f"{'-'.join(str(n) for n in sorted({min(counts), max(counts)}))} evaluations each; "
+             f"the kept step was not the last in {moved}.\n",
              *checkpoint_rows(chosen)]
     if fell:
         parts += [f"\nThe {len(fell)} of them whose last evaluation was more than a point below "
