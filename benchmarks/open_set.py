@@ -74,7 +74,10 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=Path("runs/bench-openset"))
     parser.add_argument("--doc", type=Path)
     parser.add_argument("--section", default="open-set")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="extra config overrides for every run (after the budget's)")
     args = parser.parse_args()
+    budget = {**BUDGET, **dict(item.split("=", 1) for item in args.set)}
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     began = time.time()
     results = {}
@@ -85,13 +88,13 @@ def main() -> None:
                 build(PoolSpec(**POOLS[pool], seed=seed), folder)
             truth = json.loads((folder / "truth.json").read_text())
             for row in args.rows:
-                final = run_cell("demo", row, seed, {**BUDGET, **overrides(folder), **ROWS[row]},
+                final = run_cell("demo", row, seed, {**budget, **overrides(folder), **ROWS[row]},
                                  args.runs, pool)
                 run_dir = args.runs / "demo" / pool / row / f"seed{seed}"
                 results.setdefault((pool, row), []).append((final, mask_rates(run_dir, truth)))
     lines = [f"Command: `python benchmarks/open_set.py {' '.join(sys.argv[1:])}`", "",
              f"Machine: {platform.machine()}, {platform.system()}; seeds {args.seeds}; demo preset "
-             f"with {' '.join(f'{k}={v}' for k, v in BUDGET.items())}; training time "
+             f"with {' '.join(f'{k}={v}' for k, v in budget.items())}; training time "
              f"{sum(f['seconds'] for v in results.values() for f, _ in v) / 60:.0f} min summed over "
              f"the runs (this invocation: {(time.time() - began) / 60:.0f} min).", "",
              "| pool | algorithm | top-1 % | worst class % | mask rate, foreign % | mask rate, task % "
