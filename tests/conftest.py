@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 import torch
 
@@ -20,3 +22,25 @@ def tiny_vit_config() -> ModelConfig:
 
     return model_config(backbone="tiny-vit", pretrained="none", peft="vpt-deep", vpt_tokens=3,
                         image_size=32)
+
+
+@pytest.fixture
+def finessl_cli(capsys, monkeypatch):
+    """``finessl ARGS`` in this process, offline, as a CompletedProcess (code, stdout, stderr)."""
+    import huggingface_hub.constants as hf_constants
+
+    from finessl.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+
+    def run(*args):
+        capsys.readouterr()
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exit_:  # argparse's own usage errors
+            code = exit_.code
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out.out, out.err)
+
+    return run

