@@ -77,7 +77,7 @@ def test_sampler_shards_global_batches_and_skips_consumed_steps():
 def test_sigterm_on_a_real_process_then_resume(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "finessl", "train", "--preset", "smoke", "--output", str(out),
-           "--train.steps", "400", "--train.steps_per_epoch", "400", "--train.log_every", "1"]
+           "--train.steps", "100", "--train.steps_per_epoch", "100", "--train.log_every", "1"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = out / "metrics.jsonl"
     deadline = time.time() + 120
@@ -89,11 +89,11 @@ def test_sigterm_on_a_real_process_then_resume(tmp_path):
     assert proc.returncode == 143, err
     assert "--resume" in err
     step = RunDir(out).load_state()["step"]
-    assert 5 <= step < 400
+    assert 5 <= step < 100
     done = subprocess.run([sys.executable, "-m", "finessl", "train", "--resume", str(out)],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert json.loads((out / "final.json").read_text())["steps"] == 400
+    assert json.loads((out / "final.json").read_text())["steps"] == 100
 
 
 def test_torchrun_two_processes(tmp_path):
