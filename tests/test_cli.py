@@ -115,6 +115,23 @@ def test_help_and_presets():
     assert finessl_process("--help").returncode == 0
     listed = finessl_process("presets").stdout
     assert "smoke" in listed and "cifar100-n4" in listed
+    from finessl.config import load_preset
+
+    line = next(row for row in listed.splitlines() if row.startswith("demo "))
+    assert line.split(None, 1)[1] == load_preset("demo").description
+
+
+def test_a_reader_that_goes_away_is_no_error():
+    """As ``finessl presets | head -1``: the reader is gone before finessl writes (its end of
+    the pipe is closed first); exit 141 as for SIGPIPE, and no internal error."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run([sys.executable, "-m", "finessl", "presets"], stdout=write_end,
+                                stderr=subprocess.PIPE, text=True, timeout=300)
+    finally:
+        os.close(write_end)
+    assert result.returncode == 141 and result.stderr == "", result.stderr
 
 
 VIT_PEFT = ["linear", "vpt-deep", "vpt-shallow", "vpt-last", "lora", "adapter", "adaptformer",

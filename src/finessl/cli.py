@@ -548,12 +548,12 @@ def cmd_config(args, overrides) -> int:
 
 
 def cmd_presets(args, overrides) -> int:
-    from finessl.config import load_preset, preset_names
+    from finessl.config import preset_description, preset_names
 
     names = preset_names()
     width = max(len(n) for n in names)
     for name in names:
-        print(f"{name:<{width}}  {load_preset(name).description}")
+        print(f"{name:<{width}}  {preset_description(name)}")
     return 0
 
 
@@ -841,14 +841,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Exit codes (also in the README).
 EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_STOPPED = 0, 1, 2, 3, 130, 143
+EXIT_BROKEN_PIPE = 141  # as a shell reports a process ended by SIGPIPE
 
 
 def main(argv: list[str] | None = None) -> int:
     """Runs one command. Exit codes: 0 done; 2 a problem with the input (one line says
     which); 3 training diverged (non-finite loss or weights; the last good checkpoint is
     kept); 143 stopped by SIGTERM / SIGINT (the last checkpoint is kept: resume it); 130
-    interrupted outside training; 1 an unexpected internal error (one line;
-    FINESSL_DEBUG=1 shows the traceback)."""
+    interrupted outside training; 141 the reader of the output went away (silent); 1 an
+    unexpected internal error (one line; FINESSL_DEBUG=1 shows the traceback)."""
     parser = build_parser()
     argv, dotted = split_dotted(list(sys.argv[1:] if argv is None else argv))
     args, rest = parser.parse_known_args(argv)
@@ -879,6 +880,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("finessl: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # e.g. `finessl predict ... | head`: the reader has all it wanted
+        with contextlib.suppress(OSError, ValueError):  # no flush error at exit either
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except Exception as error:  # noqa: BLE001  (the last line of defence: one line, not a traceback)
         if os.environ.get("FINESSL_DEBUG"):
             raise

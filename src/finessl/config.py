@@ -611,11 +611,21 @@ def preset_names() -> list[str]:
     return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
-def load_preset(name: str, overrides: dict[str, str] | None = None) -> Config:
+def _preset_dict(name: str) -> dict:
     if name not in preset_names():
         raise ConfigError(unknown_name_message("preset", name, preset_names()))
     resource = resources.files("finessl") / "presets" / f"{name}.yaml"
-    return config_from_dict(read_yaml(Path(str(resource)), resource.read_text()) or {}, overrides)
+    return read_yaml(Path(str(resource)), resource.read_text()) or {}
+
+
+def load_preset(name: str, overrides: dict[str, str] | None = None) -> Config:
+    return config_from_dict(_preset_dict(name), overrides)
+
+
+def preset_description(name: str) -> str:
+    """A preset's ``description``, read without resolving the configuration (which imports
+    the method packages, torch with them): ``finessl presets`` stays instant."""
+    return str(_preset_dict(name).get("description", ""))
 
 
 # --------------------------------------------------------------------------- helpers
