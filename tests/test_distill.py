@@ -1,9 +1,6 @@
 """SemiKD: the adaptive balance on hand-worked numbers, and `finessl distill` end to end."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -113,16 +110,14 @@ def test_margins_scale_with_the_balance_and_switches_work():
         build_algorithm(AlgorithmConfig(name="semikd"), C, 40)
 
 
-def test_distill_end_to_end(tmp_path):
+def test_distill_end_to_end(tmp_path, finessl_cli):
     teacher = tmp_path / "teacher"
     finessl.train("smoke", teacher, callbacks=[])
     student = tmp_path / "student"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "finessl", "distill", "--teacher", str(teacher), "--output",
-         str(student), "--model.backbone", "timm:test_vit", "--model.pretrained", "none",
-         "--model.image_size", "32", "--train.steps", "12", "--train.steps_per_epoch", "6",
-         "--algorithm.uratio", "1"], capture_output=True, text=True, env=env, timeout=600)
+    result = finessl_cli(
+        "distill", "--teacher", teacher, "--output", student, "--model.backbone", "timm:test_vit",
+        "--model.pretrained", "none", "--model.image_size", "32", "--train.steps", "12",
+        "--train.steps_per_epoch", "6", "--algorithm.uratio", "1")
     assert result.returncode == 0, result.stderr
     final = json.loads((student / "final.json").read_text())
     assert final["algorithm"] == "semikd" and final["steps"] == 12
