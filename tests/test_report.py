@@ -4,7 +4,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -34,9 +33,8 @@ def runs(tmp_path_factory):
     return base
 
 
-def test_single_run_report(runs):
-    command = [sys.executable, "-m", "finessl", "report", "--run", str(runs / "finessl")]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+def test_single_run_report(runs, finessl_cli):
+    result = finessl_cli("report", "--run", runs / "finessl")
     assert result.returncode == 0, result.stderr
     report = runs / "finessl" / "report"
     for name in ("training.png", "pseudo_labels.png", "reliability.png", "confusion.png",
