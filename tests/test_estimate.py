@@ -17,6 +17,7 @@ from finessl.eval.estimate import (
     common_estimates,
     estimate,
     fit_temperature,
+    warnings_for,
 )
 from finessl.run import train
 from finessl.rundir import RunDir
@@ -121,6 +122,29 @@ def test_a_collapsed_model_is_flagged():
     found = estimate(Outputs(probs))
     assert any("one class" in w for w in found.warnings)
     assert estimate(Outputs(calibrated(500, 4)[0])).warnings == []
+
+
+def test_a_cap_that_alone_sets_the_estimate_apart_is_explained():
+    # 4 classes, a balanced labeled set; the model predicts 40 % of the pool as "coat" (20 %
+    # each of the others), every prediction at confidence 0.9: confidence 0.90, capped
+    # 0.25 + 3 * 0.18 = 0.79, so the cap alone sits 11 points below estimators at 0.88-0.90.
+    pool = np.full((100, 4), 0.1 / 3)
+    predicted = [0] * 40 + [1] * 20 + [2] * 20 + [3] * 20
+    pool[np.arange(100), predicted] = 0.9
+    out = Outputs(pool, calibration=np.eye(4)[np.arange(40) % 4],
+                  calibration_labels=np.arange(40) % 4)
+    capped = ESTIMATORS.get("capped-confidence")(out)
+    assert capped == pytest.approx(0.79)
+    names = ["coat", "shirt", "bag", "boot"]
+    notes = warnings_for(out, {"confidence": 0.90, "atc": 0.88, "capped-confidence": capped}, names)
+    assert notes == [
+        "capped-confidence is 9 points below the other estimators: the model puts 40 % of the "
+        "pool into 'coat' against 25 % of the labeled set; if it merges other classes into it, "
+        "the cap is right, if the pool really holds that many, the estimate is too low (finessl "
+        "audit estimates the pool's class prior)"]
+    # when the others disagree among themselves too, the general warning stays
+    notes = warnings_for(out, {"confidence": 0.90, "atc": 0.70, "capped-confidence": capped}, names)
+    assert len(notes) == 1 and notes[0].startswith("the estimators disagree by 20 points")
 
 
 def test_the_config_lists_every_estimator():

@@ -165,7 +165,8 @@ def cross_fitted_estimate(run_dir: str | Path, folds: int = FOLDS, device: str =
     fitted = cross_fit(run.path, folds, device, pool, loaded)
     out = loaded_outputs(*loaded, pool)
     out.held_out = fitted.held_out
-    found = estimate(out, method or estimators.DEFAULT_CROSS_FITTED, seed=loaded[0].config.seed)
+    found = estimate(out, method or estimators.DEFAULT_CROSS_FITTED, seed=loaded[0].config.seed,
+                     classes=loaded[0].classes)
     if pool:
         return found
     write_json(run.path / RunDir.CROSS_FIT, {**found.as_dict(), "folds": folds,

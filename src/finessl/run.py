@@ -289,7 +289,8 @@ def estimate(run_dir: str | Path, pool: Sequence[str | Path] | None = None, devi
     from finessl.eval import estimate as estimators
 
     config = RunDir(run_dir).read_config()
-    out = run_outputs(run_dir, device, pool)
+    predictor, data = run_data(run_dir, device)
+    out = loaded_outputs(predictor, data, pool)
     chosen = method or (config.train.estimate if config.train.estimate != "none"
                         else estimators.DEFAULT_ESTIMATOR)
-    return estimators.estimate(out, chosen, seed=config.seed)
+    return estimators.estimate(out, chosen, seed=config.seed, classes=predictor.classes)

@@ -477,7 +477,8 @@ class Trainer:
         outputs = data_outputs(self.model, self.data, trains_aux_head(self.config.algorithm),
                                self.device, self.model.backbone.image_size, cfg.eval_batch_size,
                                self.config.seed, self.estimate_pool, self.autocast)
-        self.last_estimate = estimate(outputs, cfg.estimate, seed=self.config.seed)
+        self.last_estimate = estimate(outputs, cfg.estimate, seed=self.config.seed,
+                                      classes=self.data.classes)
         return self.last_estimate
 
     def _track_best(self, found: Estimate | None) -> None:

@@ -42,7 +42,7 @@ held-out images.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -313,13 +313,14 @@ class Estimate:
 
 
 def estimate(out: Outputs, method: str = DEFAULT_ESTIMATOR, seed: int = 0,
-             bootstrap: int = 200) -> Estimate:
+             bootstrap: int = 200, classes: Sequence[str] | None = None) -> Estimate:
     """The chosen estimator (``agreement`` falls back to ``atc`` without a trained auxiliary
     head, a cross-fitted one to ``confidence`` without held-out predictions), every other one
     for comparison, a 95 % bootstrap interval, and warnings where the estimate is not to be
-    trusted. The bootstrap interval is widened: without cross-fitting to the range of
-    ``PLAIN_SPREAD`` (they share one optimism, so their spread is the honest part), with it
-    to ``CROSS_FITTED_BRACKET`` (a cross-fitted bootstrap also redraws the held-out images)."""
+    trusted (``classes``: the names they use). The bootstrap interval is widened: without
+    cross-fitting to the range of ``PLAIN_SPREAD`` (they share one optimism, so their spread
+    is the honest part), with it to ``CROSS_FITTED_BRACKET`` (a cross-fitted bootstrap also
+    redraws the held-out images)."""
     method_of(method)
     plain = {name: ESTIMATORS.get(name)(out) for name in ESTIMATORS}
     plain = {name: value for name, value in plain.items() if np.isfinite(value)}
@@ -342,7 +343,7 @@ def estimate(out: Outputs, method: str = DEFAULT_ESTIMATOR, seed: int = 0,
     spread = [v for k, v in applicable.items() if k in bracket]
     low, high = min(low, value, *spread), max(high, value, *spread)
     return Estimate(100.0 * value, (100.0 * float(low), 100.0 * float(high)), chosen,
-                    {k: 100.0 * v for k, v in applicable.items()}, n, warnings_for(out, plain))
+                    {k: 100.0 * v for k, v in applicable.items()}, n, warnings_for(out, plain, classes))
 
 
 def common_estimates(finals: list[dict]) -> tuple[str | None, list[float | None]]:
@@ -362,7 +363,8 @@ SHIFT_RATIO = 3.0
 DISAGREEMENT = 0.10
 
 
-def warnings_for(out: Outputs, applicable: dict[str, float]) -> list[str]:
+def warnings_for(out: Outputs, applicable: dict[str, float],
+                 classes: Sequence[str] | None = None) -> list[str]:
     """What makes the estimate doubtful, in words for the user."""
     notes = []
     if len(out.pool) == 0:
@@ -381,9 +383,31 @@ def warnings_for(out: Outputs, applicable: dict[str, float]) -> list[str]:
                      "than their run, so this is a hint, not proof)")
     values = list(applicable.values())
     if len(values) > 1 and max(values) - min(values) > DISAGREEMENT:
-        notes.append(f"the estimators disagree by {100 * (max(values) - min(values)):.0f} points: the "
-                     "pool may hold images unlike the labeled ones (run finessl audit)")
+        notes.append(_capped_apart(out, applicable, predicted, classes) or
+                     f"the estimators disagree by {100 * (max(values) - min(values)):.0f} points: "
+                     "the pool may hold images unlike the labeled ones (run finessl audit)")
     return notes
+
+
+def _capped_apart(out: Outputs, applicable: dict[str, float], predicted: np.ndarray,
+                  classes: Sequence[str] | None) -> str | None:
+    """Where only the cap sets ``capped-confidence`` apart (the others agree within
+    ``DISAGREEMENT``, it is below them all), why, in words: which class the model predicts
+    more often than the labeled set holds it, and the two readings of that."""
+    capped = applicable.get("capped-confidence")
+    others = [v for k, v in applicable.items() if k != "capped-confidence"]
+    if capped is None or not others or max(others) - min(others) > DISAGREEMENT \
+            or capped >= min(others) or out.calibration_labels is None:
+        return None
+    prior = np.bincount(out.calibration_labels, minlength=len(predicted))[:len(predicted)]
+    prior = prior / max(prior.sum(), 1)
+    k = int(np.argmax(predicted - prior))
+    name = classes[k] if classes is not None and k < len(classes) else f"class {k}"
+    return (f"capped-confidence is {100 * (min(others) - capped):.0f} points below the other "
+            f"estimators: the model puts {100 * predicted[k]:.0f} % of the pool into {name!r} "
+            f"against {100 * prior[k]:.0f} % of the labeled set; if it merges other classes into "
+            "it, the cap is right, if the pool really holds that many, the estimate is too low "
+            "(finessl audit estimates the pool's class prior)")
 
 
 # ---------------------------------------------------------------- the model's outputs
