@@ -29,17 +29,14 @@ def finessl_cli(capsys, monkeypatch):
     """``finessl ARGS`` in this process, offline, as a CompletedProcess (code, stdout, stderr)."""
     import huggingface_hub.constants as hf_constants
 
-    from finessl.cli import main
+    from helpers import main_exit_code
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
 
     def run(*args):
         capsys.readouterr()
-        try:
-            code = main([str(a) for a in args])
-        except SystemExit as exit_:  # argparse's own usage errors
-            code = exit_.code
+        code = main_exit_code(args)
         out = capsys.readouterr()
         return subprocess.CompletedProcess(args, code, out.out, out.err)
 

@@ -110,15 +110,20 @@ def digest(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".lock"}
 
 
-def run_cli(capsys, argv, code=2):
-    """``finessl ARGV`` in this process; returns its stderr after the common checks: the exit
-    code, no traceback, and (on failure) a message of one to three lines."""
+def main_exit_code(argv) -> int:
+    """``finessl ARGV`` in this process: its exit code (argparse's usage errors included)."""
     from finessl.cli import main
 
     try:
-        result = main([str(a) for a in argv])
+        return main([str(a) for a in argv])
     except SystemExit as exit_:  # argparse's own usage errors
-        result = exit_.code
+        return exit_.code
+
+
+def run_cli(capsys, argv, code=2):
+    """``finessl ARGV`` in this process; returns its stderr after the common checks: the exit
+    code, no traceback, and (on failure) a message of one to three lines."""
+    result = main_exit_code(argv)
     err = capsys.readouterr().err
     assert result == code, err
     assert "Traceback" not in err

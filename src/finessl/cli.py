@@ -720,7 +720,6 @@ def build_parser() -> argparse.ArgumentParser:
     _format_args(label)
     label.set_defaults(func=cmd_label, whole_pool=True)
 
-    strategies = list(SUGGEST_STRATEGIES)
     suggest = sub.add_parser("suggest", help="which images to label next (or first)",
                              description="With --run: scores a pool with a trained run and writes "
                                          "the --budget images worth labeling next (path, predicted "
@@ -736,7 +735,7 @@ def build_parser() -> argparse.ArgumentParser:
     suggest.add_argument("--run", help="a finished run (without it: a cold start from --preset/--config)")
     suggest.add_argument("paths", nargs="*", help="the pool (default: the run's unlabeled pool)")
     suggest.add_argument("--budget", type=positive_int, required=True, help="how many images")
-    suggest.add_argument("--strategy", choices=strategies, default="auto")
+    suggest.add_argument("--strategy", choices=SUGGEST_STRATEGIES, default="auto")
     suggest.add_argument("--seed", type=non_negative_int, default=0)
     _image_pool_args(suggest, sharded=True)
     _format_args(suggest)
@@ -770,7 +769,7 @@ def build_parser() -> argparse.ArgumentParser:
     loop.add_argument("--rounds", type=non_negative_int, default=2,
                       help="rounds after round 0 (0: round 0 only, e.g. to measure a cold start)")
     loop.add_argument("--budget", type=positive_int, default=40, help="labels added per round")
-    loop.add_argument("--strategy", choices=strategies, default="auto")
+    loop.add_argument("--strategy", choices=SUGGEST_STRATEGIES, default="auto")
     loop.add_argument("--seed", type=non_negative_int, default=0, help="suggestion seed")
     loop.add_argument("--cold", action="store_true", help="train each round from scratch")
     loop.add_argument("--cold-start", action="store_true",

@@ -288,8 +288,8 @@ def estimate(run_dir: str | Path, pool: Sequence[str | Path] | None = None, devi
     own pool or on ``pool``."""
     from finessl.eval import estimate as estimators
 
-    config = RunDir(run_dir).read_config()
     predictor, data = run_data(run_dir, device)
+    config = predictor.config
     out = loaded_outputs(predictor, data, pool)
     chosen = method or (config.train.estimate if config.train.estimate != "none"
                         else estimators.DEFAULT_ESTIMATOR)

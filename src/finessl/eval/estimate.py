@@ -160,9 +160,13 @@ def capped_confidence(out: Outputs) -> float:
     if out.calibration_labels is None or not len(out.calibration_labels) or not len(out.pool):
         return float("nan")
     C = out.pool.shape[1]
-    prior = np.bincount(out.calibration_labels, minlength=C)[:C] / len(out.calibration_labels)
     mass = np.bincount(out.pool.argmax(1), weights=_confidence(out.pool), minlength=C) / len(out.pool)
-    return float(np.minimum(mass, prior).sum())
+    return float(np.minimum(mass, labeled_prior(out.calibration_labels, C)).sum())
+
+
+def labeled_prior(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Each class's share of the labeled set (the calibration labels)."""
+    return np.bincount(labels, minlength=num_classes)[:num_classes] / max(len(labels), 1)
 
 
 @CROSS_FITTED.register("held-out")
@@ -399,8 +403,7 @@ def _capped_apart(out: Outputs, applicable: dict[str, float], predicted: np.ndar
     if capped is None or not others or max(others) - min(others) > DISAGREEMENT \
             or capped >= min(others) or out.calibration_labels is None:
         return None
-    prior = np.bincount(out.calibration_labels, minlength=len(predicted))[:len(predicted)]
-    prior = prior / max(prior.sum(), 1)
+    prior = labeled_prior(out.calibration_labels, len(predicted))
     k = int(np.argmax(predicted - prior))
     name = classes[k] if classes is not None and k < len(classes) else f"class {k}"
     return (f"capped-confidence is {100 * (min(others) - capped):.0f} points below the other "
