@@ -52,3 +52,31 @@ def test_the_step_sampler_sees_memory_held_inside_a_step_only():
     entered, peak = sampler.peaks["start / hold"]
     assert peak - entered > 150  # the 200 MiB buffer, seen from inside the step
     assert "start / hold" in sampler.report()
+
+
+def test_estimate_table_against_the_pool_reads_the_hidden_labels_and_keeps_tasks_apart(tmp_path):
+    import hashlib
+    import types
+
+    import estimate_accuracy
+    import numpy as np
+
+    from finessl.config import apply_overrides, load_preset
+
+    # The pool's hidden labels, cached where the benchmark keeps them: 3 of 4 predicted right.
+    run = tmp_path / "run"
+    key = hashlib.sha1(str(run.resolve()).encode()).hexdigest()[:16]
+    np.save(tmp_path / f"{key}-pool-labels.npy", np.array([0, 1, 1, 2]))
+    pool = np.eye(3)[[0, 1, 2, 2]] * 0.9 + 0.1 / 3
+    out = types.SimpleNamespace(pool=pool)
+    assert estimate_accuracy.pool_top1_of(run, out, tmp_path) == 75.0
+    # A long-tailed pool is another task than the balanced one of the same dataset.
+    balanced = load_preset("demo")
+    tailed = apply_overrides(load_preset("demo"), {"data.unlabeled_imbalance": "10"})
+    assert estimate_accuracy.task_of(run, balanced) == "fashion-mnist:all"
+    assert estimate_accuracy.task_of(run, tailed) == "fashion-mnist:all, pool long-tailed 10"
+    # Errors against the pool's own accuracy, not the test top-1: (60-70) and (90-80) -> 10 / 0.
+    rows = [{"task": "t", "top1": 50.0, "pool_top1": 70.0, "estimates": {"confidence": 60.0}},
+            {"task": "t", "top1": 50.0, "pool_top1": 80.0, "estimates": {"confidence": 90.0}}]
+    text = estimate_accuracy.pool_truth(rows, ["confidence"])
+    assert "mean +25.0" in text and "| confidence | 10.0 / +0.0 / – |" in text
