@@ -369,7 +369,9 @@ DISAGREEMENT = 0.10
 
 def warnings_for(out: Outputs, applicable: dict[str, float],
                  classes: Sequence[str] | None = None) -> list[str]:
-    """What makes the estimate doubtful, in words for the user."""
+    """What makes the estimate doubtful, in words for the user: each cause on its own line
+    (the cap at work is one, the other estimators disagreeing another), so that one does not
+    hide the other."""
     notes = []
     if len(out.pool) == 0:
         return ["the pool is empty: nothing to estimate on"]
@@ -377,7 +379,8 @@ def warnings_for(out: Outputs, applicable: dict[str, float],
     predicted = np.bincount(out.pool.argmax(1), minlength=C) / len(out.pool)
     if predicted.max() > min(0.9, SHIFT_RATIO / C):
         notes.append(f"the model puts {100 * predicted.max():.0f} % of the pool into one class: "
-                     "a collapsed model or a very imbalanced pool; estimates overrate such models")
+                     "a collapsed model (the estimates overrate it) or a pool mostly of one class "
+                     "(capped-confidence, which caps each class at its labeled share, then underrates it)")
     checked = miscalibration(out.held_out)
     if checked is not None and checked[0]:
         side = "above" if checked[1] > 0 else "below"
@@ -385,31 +388,33 @@ def warnings_for(out: Outputs, applicable: dict[str, float],
                      f"{100 * abs(checked[1]):.0f} points {side} their accuracy: plain confidence "
                      "may overrate this run too (folds with fewer labels are more overconfident "
                      "than their run, so this is a hint, not proof)")
-    values = list(applicable.values())
-    if len(values) > 1 and max(values) - min(values) > DISAGREEMENT:
-        notes.append(_capped_apart(out, applicable, predicted, classes) or
-                     f"the estimators disagree by {100 * (max(values) - min(values)):.0f} points: "
+    cap = _cap_at_work(out, applicable, predicted, classes)
+    if cap:
+        notes.append(cap)
+    others = [v for k, v in applicable.items() if k != "capped-confidence"]
+    if len(others) > 1 and max(others) - min(others) > DISAGREEMENT:
+        notes.append(f"the estimators disagree by {100 * (max(others) - min(others)):.0f} points: "
                      "the pool may hold images unlike the labeled ones (run finessl audit)")
     return notes
 
 
-def _capped_apart(out: Outputs, applicable: dict[str, float], predicted: np.ndarray,
-                  classes: Sequence[str] | None) -> str | None:
-    """Where only the cap sets ``capped-confidence`` apart (the others agree within
-    ``DISAGREEMENT``, it is below them all), why, in words: which class the model predicts
-    more often than the labeled set holds it, and the two readings of that."""
-    capped = applicable.get("capped-confidence")
-    others = [v for k, v in applicable.items() if k != "capped-confidence"]
-    if capped is None or not others or max(others) - min(others) > DISAGREEMENT \
-            or capped >= min(others) or out.calibration_labels is None:
+def _cap_at_work(out: Outputs, applicable: dict[str, float], predicted: np.ndarray,
+                 classes: Sequence[str] | None) -> str | None:
+    """Where the cap takes more than ``DISAGREEMENT`` off plain confidence, why, in words:
+    which class the model predicts more often than the labeled set holds it, and the two
+    readings of that (classes merged into it, or a pool that really holds more of it)."""
+    capped, plain = applicable.get("capped-confidence"), applicable.get("confidence")
+    if capped is None or plain is None or plain - capped <= DISAGREEMENT \
+            or out.calibration_labels is None:
         return None
     prior = labeled_prior(out.calibration_labels, len(predicted))
     k = int(np.argmax(predicted - prior))
     name = classes[k] if classes is not None and k < len(classes) else f"class {k}"
-    return (f"capped-confidence is {100 * (min(others) - capped):.0f} points below the other "
-            f"estimators: the model puts {100 * predicted[k]:.0f} % of the pool into {name!r} "
-            f"against {100 * prior[k]:.0f} % of the labeled set; if it merges other classes into "
-            "it, the cap is right, if the pool really holds that many, the estimate is too low "
+    return (f"capped-confidence is {100 * (plain - capped):.0f} points below confidence: the model "
+            f"puts {100 * predicted[k]:.0f} % of the pool into {name!r} against {100 * prior[k]:.0f} % "
+            "of the labeled set; if it merges other classes into it, the cap is right; if the pool "
+            f"really holds that many (a long tail), the cap cuts right answers too and the accuracy "
+            f"on this pool is likely between {100 * capped:.0f} % and confidence's {100 * plain:.0f} % "
             "(finessl audit estimates the pool's class prior)")
 
 
