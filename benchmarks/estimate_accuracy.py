@@ -70,11 +70,9 @@ def held_out_of(run_dir: Path, folds: int, cache: Path):
     return held
 
 
-def pool_top1_of(run_dir: Path, out, cache: Path) -> float | None:
-    """The model's accuracy (percent) on the pool images it was estimated on, from their
-    hidden labels (task images only; None where the pool has no hidden labels). On a pool
-    whose classes are not as frequent as the test set's (a long tail), this, not the test
-    top-1, is what a label-free estimate on the pool measures."""
+def pool_labels_of(run_dir: Path, out, cache: Path) -> np.ndarray | None:
+    """The hidden labels of the pool images the run was estimated on (cached; -1 for an
+    image outside the task), or None where the pool has none."""
     key = hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:16]
     stored = cache / f"{key}-pool-labels.npy"
     if stored.is_file():
@@ -90,10 +88,36 @@ def pool_top1_of(run_dir: Path, out, cache: Path) -> float | None:
         labels = np.asarray(data.source.train_targets)[indices]
         cache.mkdir(parents=True, exist_ok=True)
         np.save(stored, labels)
-    if len(labels) != len(out.pool) or not (labels >= 0).any():
+    return labels if len(labels) == len(out.pool) and (labels >= 0).any() else None
+
+
+def pool_top1_of(run_dir: Path, out, cache: Path) -> float | None:
+    """The model's accuracy (percent) on the pool images it was estimated on, from their
+    hidden labels (task images only). On a pool whose classes are not as frequent as the
+    test set's (a long tail), this, not the test top-1, is what an estimate on the pool
+    measures."""
+    labels = pool_labels_of(run_dir, out, cache)
+    if labels is None:
         return None
     known = labels >= 0
     return float(100 * (out.pool[known].argmax(1) == labels[known]).mean())
+
+
+# What a user who knows the pool's class shares gets (finessl estimate --pool-prior): the
+# cap at the true shares of the estimated images, an oracle only the benchmark can compute.
+KNOWN_PRIOR = "capped-confidence, pool prior known"
+
+
+def known_prior_estimate(run_dir: Path, out, cache: Path) -> float | None:
+    from finessl.eval.estimate import capped_confidence
+
+    labels = pool_labels_of(run_dir, out, cache)
+    if labels is None:
+        return None
+    known = labels[labels >= 0]
+    prior = np.bincount(known, minlength=out.pool.shape[1]) / len(known)
+    return 100 * capped_confidence(type(out)(out.pool, calibration_labels=out.calibration_labels,
+                                             prior=prior))
 
 
 def task_of(run_dir: Path, config) -> str:
@@ -170,7 +194,7 @@ def pool_truth(rows: list[dict], methods: list[str]) -> str:
     gaps = [r["pool_top1"] - r["top1"] for r in known]
     return (f"Against the accuracy on the pool itself (pool top-1 minus test top-1: "
             f"{min(gaps):+.1f} to {max(gaps):+.1f}, mean {np.mean(gaps):+.1f}):\n\n"
-            + per_task_table(known, methods, "pool_top1"))
+            + per_task_table(known, [*methods, KNOWN_PRIOR], "pool_top1"))
 
 
 def per_task_table(rows: list[dict], methods: list[str], truth: str = "top1") -> str:
@@ -303,6 +327,9 @@ def main() -> None:
                                        **(crossed.methods if crossed else {})},
                          "interval": result.interval, "warnings": result.warnings,
                          "cross_fit_interval": crossed.interval if crossed else None})
+            known = known_prior_estimate(final.parent, out, args.cache)
+            if known is not None:
+                rows[-1]["estimates"][KNOWN_PRIOR] = known
             print(f"{final.parent}: top1 {rows[-1]['top1']:.2f} "
                   + " ".join(f"{k} {v:.1f}" for k, v in rows[-1]["estimates"].items()), flush=True)
     methods = ["default", *ESTIMATORS.names(), *CROSS_FITTED.names()]

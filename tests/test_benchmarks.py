@@ -56,20 +56,25 @@ def test_the_step_sampler_sees_memory_held_inside_a_step_only():
 
 def test_estimate_table_against_the_pool_reads_the_hidden_labels_and_keeps_tasks_apart(tmp_path):
     import hashlib
-    import types
 
     import estimate_accuracy
     import numpy as np
+    import pytest
 
     from finessl.config import apply_overrides, load_preset
+    from finessl.eval.estimate import Outputs
 
     # The pool's hidden labels, cached where the benchmark keeps them: 3 of 4 predicted right.
     run = tmp_path / "run"
     key = hashlib.sha1(str(run.resolve()).encode()).hexdigest()[:16]
     np.save(tmp_path / f"{key}-pool-labels.npy", np.array([0, 1, 1, 2]))
     pool = np.eye(3)[[0, 1, 2, 2]] * 0.9 + 0.1 / 3
-    out = types.SimpleNamespace(pool=pool)
+    out = Outputs(pool)
     assert estimate_accuracy.pool_top1_of(run, out, tmp_path) == 75.0
+    # Capped at the pool's true shares (1/4, 1/2, 1/4), each prediction at confidence 0.9333:
+    # classes 0 and 1 keep their mass 0.2333, class 2's 0.4667 is capped at 0.25 -> 71.67 %.
+    assert estimate_accuracy.known_prior_estimate(run, out, tmp_path) == \
+        pytest.approx(100 * (2 * (0.9 + 0.1 / 3) / 4 + 0.25))
     # A long-tailed pool is another task than the balanced one of the same dataset.
     balanced = load_preset("demo")
     tailed = apply_overrides(load_preset("demo"), {"data.unlabeled_imbalance": "10"})

@@ -105,6 +105,44 @@ def test_capped_confidence_by_hand():
     assert np.isnan(ESTIMATORS.get("capped-confidence")(Outputs(pool)))
 
 
+def test_capped_confidence_at_a_pool_prior_given_by_hand():
+    """The same pool as above with the pool's shares given: at 0.6 / 0.4 class 0's mass 0.675
+    is capped at 0.6, so 0.6 + 0.15 = 0.75; at 0.75 / 0.25 nothing is capped (0.825, plain
+    confidence). A given prior needs no labels."""
+    pool = np.array([[0.9, 0.1]] * 6 + [[0.4, 0.6]] * 2)
+    labels = np.array([0, 1, 0, 1])
+    out = Outputs(pool, None, np.full((4, 2), 0.5), labels, prior=np.array([0.6, 0.4]))
+    assert ESTIMATORS.get("capped-confidence")(out) == pytest.approx(0.75)
+    out.prior = np.array([0.75, 0.25])
+    assert ESTIMATORS.get("capped-confidence")(out) == pytest.approx(0.825)
+    assert ESTIMATORS.get("capped-confidence")(Outputs(pool, prior=np.array([0.6, 0.4]))) == \
+        pytest.approx(0.75)
+    # the bootstrap keeps the prior
+    assert ESTIMATORS.get("capped-confidence")(out.subset(np.arange(8))) == pytest.approx(0.825)
+
+
+def test_a_pool_prior_is_read_from_csv_and_bad_ones_are_refused(tmp_path):
+    from finessl.errors import DataError
+    from finessl.eval.estimate import read_pool_prior
+
+    audit = tmp_path / "pool_prior.csv"  # as finessl audit writes it, shares not summing to 1
+    audit.write_text("class,pool_share,labeled_share\nb,0.3,0.5\na,0.1,0.5\n")
+    assert read_pool_prior(audit, ["a", "b"]) == pytest.approx([0.25, 0.75])
+    plain = tmp_path / "prior.csv"
+    plain.write_text("class,share\na,2\nb,0\n")
+    assert read_pool_prior(plain, ["a", "b"]) == pytest.approx([1.0, 0.0])
+    for text, message in [("class,share\na,1\n", "missing: b"),
+                          ("class,share\na,1\nb,1\nc,1\n", "not the run's: c"),
+                          ("class,share\na,x\nb,1\n", "line 2: share 'x' is not a share"),
+                          ("name,share\na,1\n", "needs a header with 'class'"),
+                          ("class,share\na,0\nb,0\n", "sum to zero")]:
+        plain.write_text(text)
+        with pytest.raises(DataError, match=message):
+            read_pool_prior(plain, ["a", "b"])
+    with pytest.raises(DataError, match="cannot read the pool prior"):
+        read_pool_prior(tmp_path / "absent.csv", ["a", "b"])
+
+
 def test_atc_threshold_by_hand():
     scores = 0.5 + np.arange(1, 11) / 20  # confidences 0.55, 0.60, ..., 1.00
     right = np.arange(10) >= 3  # the three least confident are wrong: 70 % right
@@ -223,6 +261,31 @@ def test_estimating_does_not_change_training(tmp_path):
     assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
 
 
+def test_a_known_pool_prior_caps_the_estimate_in_training_and_after(tmp_path):
+    from finessl.errors import DataError
+    from finessl.run import estimate as run_estimate
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("class,share\nnope,1\n")
+    with pytest.raises(DataError, match="not the run's: nope"):  # before the first step
+        train(smoke(**{"train.estimate_prior": str(bad)}), tmp_path / "bad", callbacks=[])
+    assert not (tmp_path / "bad" / RunDir.METRICS).exists() or \
+        '"kind": "train"' not in (tmp_path / "bad" / RunDir.METRICS).read_text()
+    plain = train(smoke(), tmp_path / "plain", callbacks=[])
+    classes = list(plain["per_class_acc"])
+    prior = tmp_path / "prior.csv"  # every image of the pool said to be of the first class
+    prior.write_text("class,share\n" + "".join(f"{c},{int(c == classes[0])}\n" for c in classes))
+    told = train(smoke(**{"train.estimate_prior": str(prior)}), tmp_path / "told", callbacks=[])
+    # Estimating does not change training, so the run told the prior has the plain run's
+    # weights: its estimate in training is the plain run's estimated afterwards with that prior.
+    after = run_estimate(tmp_path / "plain", pool_prior=prior).methods
+    assert told["estimates"]["capped-confidence"] == pytest.approx(after["capped-confidence"])
+    assert told["estimates"]["confidence"] == pytest.approx(plain["estimates"]["confidence"])
+    # and finessl estimate on the told run's own pool reads its train.estimate_prior
+    again = run_estimate(tmp_path / "told").methods["capped-confidence"]
+    assert again == pytest.approx(told["estimates"]["capped-confidence"])
+
+
 def test_estimate_command_and_side_by_side_report(capsys, tmp_path, monkeypatch):
     from helpers import make_image_folder
 
@@ -242,6 +305,23 @@ def test_estimate_command_and_side_by_side_report(capsys, tmp_path, monkeypatch)
     assert "(confidence, 3 images of" in out  # the unreadable file is left out
     err = run_cli(capsys, ["estimate", "--run", tmp_path / "a", "--method", "guess"])
     assert "unknown estimate.method 'guess'" in err
+    # A pool prior given: with all of it on one class the cap keeps only that class's
+    # confidence mass, so over the classes these add up to plain confidence.
+    from finessl.run import estimate as run_estimate
+
+    classes = list(RunDir(tmp_path / "a").read_final()["per_class_acc"])
+    capped = []
+    for name in classes:
+        prior = tmp_path / f"prior-{name}.csv"
+        prior.write_text("class,share\n" + "".join(f"{c},{int(c == name)}\n" for c in classes))
+        capped.append(run_estimate(tmp_path / "a", pool_prior=prior).methods["capped-confidence"])
+    assert sum(capped) == pytest.approx(written["estimates"]["confidence"], abs=1e-4)  # float32
+    run_cli(capsys, ["estimate", "--run", tmp_path / "a", "--pool-prior", prior, "--out",
+                     tmp_path / "p.json"], code=0)
+    assert json.loads((tmp_path / "p.json").read_text())["pool_prior"] == str(prior)
+    prior.write_text("class,share\nnot-a-class,1\n")
+    err = run_cli(capsys, ["estimate", "--run", tmp_path / "a", "--pool-prior", prior])
+    assert "not the run's: not-a-class" in err
     run_cli(capsys, ["report", "--run", tmp_path / "a", "--run", tmp_path / "b", "--out",
                      tmp_path / "cmp"], code=0)
     page = (tmp_path / "cmp" / "index.html").read_text()

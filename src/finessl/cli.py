@@ -193,10 +193,11 @@ def cmd_estimate(args, overrides) -> int:
         from finessl.cross_fit import cross_fitted_estimate
 
         found = cross_fitted_estimate(args.run, args.cross_fit, args.device, args.method,
-                                      args.pool or None)
+                                      args.pool or None, args.pool_prior)
         labels = f"{args.cross_fit}-fold cross-fitted on the run's labels"
     else:
-        found = estimate(args.run, args.pool or None, device=args.device, method=args.method)
+        found = estimate(args.run, args.pool or None, device=args.device, method=args.method,
+                         pool_prior=args.pool_prior)
         labels = "no labels used"
     where = ", ".join(args.pool) if args.pool else "the run's unlabeled pool"
     low, high = found.interval
@@ -208,7 +209,8 @@ def cmd_estimate(args, overrides) -> int:
     if args.out:
         from finessl.rundir import write_json
 
-        write_json(Path(args.out), {**found.as_dict(), "run": str(args.run), "pool": args.pool or None})
+        write_json(Path(args.out), {**found.as_dict(), "run": str(args.run), "pool": args.pool or None,
+                                    "pool_prior": args.pool_prior})
         print(f"written to {args.out}")
     return 0
 
@@ -694,6 +696,10 @@ def build_parser() -> argparse.ArgumentParser:
                           help="train the run K more times (default 2), each without 1/K of its "
                                "labels, and calibrate on the labels each fold left out "
                                "(folds kept in RUN/cross-fit, resumable)")
+    estimate.add_argument("--pool-prior", metavar="FILE.csv",
+                          help="the pool's class shares (columns class, share; or an audit's "
+                               "pool_prior.csv) where you know them: capped-confidence caps at "
+                               "them instead of the labeled set's shares")
     estimate.add_argument("--out", help="also write the estimate to this JSON file")
     estimate.add_argument("--device", default="auto")
     estimate.set_defaults(func=cmd_estimate, whole_pool=True)

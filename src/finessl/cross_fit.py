@@ -153,18 +153,22 @@ def cross_fit(run_dir: str | Path, folds: int = FOLDS, device: str = "auto",
 
 def cross_fitted_estimate(run_dir: str | Path, folds: int = FOLDS, device: str = "auto",
                           method: str | None = None,
-                          pool: Sequence[str | Path] | None = None) -> Estimate:
+                          pool: Sequence[str | Path] | None = None,
+                          pool_prior: str | Path | None = None) -> Estimate:
     """The run's estimate on ``pool`` (default: its own) with ``folds``-fold cross-fitting;
-    on its own pool also written to ``RUN/cross_fit.json`` (with the held-out accuracy)."""
+    on its own pool also written to ``RUN/cross_fit.json`` (with the held-out accuracy).
+    ``pool_prior``: as for ``finessl.run.estimate``."""
     from finessl.eval import estimate as estimators
     from finessl.hub import local_run
-    from finessl.run import loaded_outputs, run_data
+    from finessl.run import loaded_outputs, own_pool_prior, run_data
 
     run = RunDir(local_run(run_dir))
     loaded = run_data(run.path, device)  # the run's model and data, read once for both
+    prior = estimators.read_pool_prior(pool_prior, loaded[0].classes) if pool_prior else \
+        own_pool_prior(loaded[0], pool)
     fitted = cross_fit(run.path, folds, device, pool, loaded)
     out = loaded_outputs(*loaded, pool)
-    out.held_out = fitted.held_out
+    out.held_out, out.prior = fitted.held_out, prior
     found = estimate(out, method or estimators.DEFAULT_CROSS_FITTED, seed=loaded[0].config.seed,
                      classes=loaded[0].classes)
     if pool:

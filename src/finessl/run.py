@@ -282,15 +282,29 @@ def loaded_outputs(predictor, data, pool: Sequence[str | Path] | None = None):
                         autocast_for(precision, predictor.device), cfg.train.estimate_pool)
 
 
+def own_pool_prior(predictor, pool: Sequence[str | Path] | None = None):
+    """The class shares the run was told its own pool has (``train.estimate_prior``); None on
+    other images, whose shares it was not told."""
+    from finessl.eval.estimate import read_pool_prior
+
+    path = predictor.config.train.estimate_prior
+    return read_pool_prior(path, predictor.classes) if path and not pool else None
+
+
 def estimate(run_dir: str | Path, pool: Sequence[str | Path] | None = None, device: str = "auto",
-             method: str | None = None):
+             method: str | None = None, pool_prior: str | Path | None = None):
     """The run's label-free accuracy estimate (``finessl.eval.estimate.Estimate``) on its
-    own pool or on ``pool``."""
+    own pool or on ``pool``; ``pool_prior``: a CSV of the pool's class shares for the cap
+    (``finessl.eval.estimate.read_pool_prior``), where they are known (on its own pool, by
+    default the run's ``train.estimate_prior``)."""
     from finessl.eval import estimate as estimators
 
     predictor, data = run_data(run_dir, device)
     config = predictor.config
+    prior = estimators.read_pool_prior(pool_prior, predictor.classes) if pool_prior else \
+        own_pool_prior(predictor, pool)
     out = loaded_outputs(predictor, data, pool)
+    out.prior = prior
     chosen = method or (config.train.estimate if config.train.estimate != "none"
                         else estimators.DEFAULT_ESTIMATOR)
     return estimators.estimate(out, chosen, seed=config.seed, classes=predictor.classes)

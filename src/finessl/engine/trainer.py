@@ -32,7 +32,7 @@ from finessl.engine.callbacks import Callback
 from finessl.engine.optim import build_optimizer, build_scheduler
 from finessl.engine.sampling import EpochSampler, SeededItems
 from finessl.errors import AdapterMismatch, ConfigError, TrainingDiverged, TrainingInterrupted
-from finessl.eval.estimate import Estimate, data_outputs, estimate, pool_view
+from finessl.eval.estimate import Estimate, data_outputs, estimate, pool_view, read_pool_prior
 from finessl.eval.metrics import classification_metrics, predict_logits
 from finessl.rundir import RunDir, RunDirError
 
@@ -219,6 +219,9 @@ class Trainer:
             self.estimate_pool = pool_view(self.data.source.train, self.data.unlabeled_indices,
                                            self.data.transforms.test, self.model.backbone.image_size,
                                            cfg.estimate_pool, self.config.seed)
+        # read now: a bad file stops the run before its first step, not at its first evaluation
+        self.estimate_prior = read_pool_prior(cfg.estimate_prior, self.data.classes) \
+            if self.estimating and cfg.estimate_prior else None
         self.last_estimate: Estimate | None = None
         # train.keep best-estimate: the step estimated best so far and its Estimate.as_dict()
         self.best: dict = {"step": 0, "estimate": {}}
@@ -477,6 +480,7 @@ class Trainer:
         outputs = data_outputs(self.model, self.data, trains_aux_head(self.config.algorithm),
                                self.device, self.model.backbone.image_size, cfg.eval_batch_size,
                                self.config.seed, self.estimate_pool, self.autocast)
+        outputs.prior = self.estimate_prior
         self.last_estimate = estimate(outputs, cfg.estimate, seed=self.config.seed,
                                       classes=self.data.classes)
         return self.last_estimate

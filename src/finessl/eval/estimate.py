@@ -44,6 +44,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -71,13 +72,16 @@ FALLBACK_ESTIMATOR = "atc"  # where a chosen estimator does not apply (agreement
 @dataclass
 class Outputs:
     """Class probabilities: ``pool`` [N, C] (``pool_aux``: the auxiliary head's, or None);
-    the calibration set ``calibration`` [M, C] with its labels (None: no calibration)."""
+    the calibration set ``calibration`` [M, C] with its labels (None: no calibration);
+    ``prior`` [C]: the pool's class shares where the user knows them (``read_pool_prior``),
+    which ``capped-confidence`` then caps at instead of the labeled set's."""
 
     pool: np.ndarray
     pool_aux: np.ndarray | None = None
     calibration: np.ndarray | None = None
     calibration_labels: np.ndarray | None = None
     held_out: HeldOut | None = None
+    prior: np.ndarray | None = None
 
     def subset(self, rows: np.ndarray, held_rows: np.ndarray | None = None) -> Outputs:
         """The pool rows ``rows`` (and the held-out rows ``held_rows``), as a bootstrap draws."""
@@ -85,7 +89,7 @@ class Outputs:
         if held is not None:
             held = held.subset(rows, held_rows)
         return Outputs(self.pool[rows], None if self.pool_aux is None else self.pool_aux[rows],
-                       self.calibration, self.calibration_labels, held)
+                       self.calibration, self.calibration_labels, held, self.prior)
 
 
 @dataclass
@@ -156,17 +160,68 @@ def agreement(out: Outputs) -> float:
 def capped_confidence(out: Outputs) -> float:
     """Accuracy is at most sum_k min(P(predicted k), P(class k)); per predicted class the
     calibrated share of right answers is its confidence mass, capped at the class's share of
-    the labeled set (the prior)."""
-    if out.calibration_labels is None or not len(out.calibration_labels) or not len(out.pool):
+    the pool (``cap_prior``: the one given, else the labeled set's)."""
+    prior = cap_prior(out)
+    if prior is None or not len(out.pool):
         return float("nan")
     C = out.pool.shape[1]
     mass = np.bincount(out.pool.argmax(1), weights=_confidence(out.pool), minlength=C) / len(out.pool)
-    return float(np.minimum(mass, labeled_prior(out.calibration_labels, C)).sum())
+    return float(np.minimum(mass, prior).sum())
 
 
 def labeled_prior(labels: np.ndarray, num_classes: int) -> np.ndarray:
     """Each class's share of the labeled set (the calibration labels)."""
     return np.bincount(labels, minlength=num_classes)[:num_classes] / max(len(labels), 1)
+
+
+def cap_prior(out: Outputs) -> np.ndarray | None:
+    """The class shares ``capped-confidence`` caps at: the pool prior the user gave, else the
+    labeled set's (None without either)."""
+    if out.prior is not None:
+        return np.asarray(out.prior, np.float64)
+    if out.calibration_labels is None or not len(out.calibration_labels):
+        return None
+    return labeled_prior(out.calibration_labels, out.pool.shape[1])
+
+
+def read_pool_prior(path: str | Path, classes: Sequence[str]) -> np.ndarray:
+    """A pool's class shares from a CSV file with a ``class`` column and a ``share`` (or
+    ``pool_share``, as ``finessl audit`` writes it in ``pool_prior.csv``) column, in the
+    order of ``classes``; shares are normalised to sum to one, every class must be listed."""
+    import csv
+
+    from finessl.errors import DataError
+
+    path = Path(path)
+    try:
+        with path.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise DataError(f"cannot read the pool prior {path}: {error}") from error
+    column = next((c for c in ("share", "pool_share") if rows and c in rows[0]), None)
+    if not rows or "class" not in rows[0] or column is None:
+        raise DataError(f"{path}: a pool prior needs a header with 'class' and 'share' (or "
+                        "'pool_share', as finessl audit writes pool_prior.csv) and a row per class")
+    shares: dict[str, float] = {}
+    for number, row in enumerate(rows, start=2):
+        try:
+            share = float(row[column])
+        except (TypeError, ValueError):
+            share = float("nan")
+        if not np.isfinite(share) or share < 0:
+            raise DataError(f"{path}, line {number}: {column} {row[column]!r} is not a share >= 0")
+        shares[row["class"]] = share
+    unknown = sorted(set(shares) - set(classes))
+    missing = [c for c in classes if c not in shares]
+    if unknown or missing:
+        raise DataError(f"{path}: the classes must be the run's ({', '.join(classes)}); "
+                        + "; ".join(part for part in (
+                            f"not the run's: {', '.join(unknown)}" if unknown else "",
+                            f"missing: {', '.join(missing)}" if missing else "") if part))
+    prior = np.asarray([shares[c] for c in classes], np.float64)
+    if prior.sum() <= 0:
+        raise DataError(f"{path}: the shares sum to zero")
+    return prior / prior.sum()
 
 
 @CROSS_FITTED.register("held-out")
@@ -404,12 +459,15 @@ def _cap_at_work(out: Outputs, applicable: dict[str, float], predicted: np.ndarr
     which class the model predicts more often than the labeled set holds it, and the two
     readings of that (classes merged into it, or a pool that really holds more of it)."""
     capped, plain = applicable.get("capped-confidence"), applicable.get("confidence")
-    if capped is None or plain is None or plain - capped <= DISAGREEMENT \
-            or out.calibration_labels is None:
+    prior = cap_prior(out)
+    if capped is None or plain is None or plain - capped <= DISAGREEMENT or prior is None:
         return None
-    prior = labeled_prior(out.calibration_labels, len(predicted))
     k = int(np.argmax(predicted - prior))
     name = classes[k] if classes is not None and k < len(classes) else f"class {k}"
+    if out.prior is not None:
+        return (f"capped-confidence is {100 * (plain - capped):.0f} points below confidence: the "
+                f"model puts {100 * predicted[k]:.0f} % of the pool into {name!r}, where the pool "
+                f"prior given holds {100 * prior[k]:.0f} %: classes merged into it, or a prior that is off")
     return (f"capped-confidence is {100 * (plain - capped):.0f} points below confidence: the model "
             f"puts {100 * predicted[k]:.0f} % of the pool into {name!r} against {100 * prior[k]:.0f} % "
             "of the labeled set; if it merges other classes into it, the cap is right; if the pool "
