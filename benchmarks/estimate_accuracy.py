@@ -106,6 +106,9 @@ def pool_top1_of(run_dir: Path, out, cache: Path) -> float | None:
 # What a user who knows the pool's class shares gets (finessl estimate --pool-prior): the
 # cap at the true shares of the estimated images, an oracle only the benchmark can compute.
 KNOWN_PRIOR = "capped-confidence, pool prior known"
+# A run trained with train.estimate_prior: its own capped estimate at the shares it was given
+# (final.json), where the recomputed capped-confidence above caps at the labeled set's.
+GIVEN_PRIOR = "capped-confidence, pool prior given"
 
 
 def known_prior_estimate(run_dir: Path, out, cache: Path) -> float | None:
@@ -327,12 +330,14 @@ def main() -> None:
                                        **(crossed.methods if crossed else {})},
                          "interval": result.interval, "warnings": result.warnings,
                          "cross_fit_interval": crossed.interval if crossed else None})
+            if config.train.estimate_prior and "capped-confidence" in (done.get("estimates") or {}):
+                rows[-1]["estimates"][GIVEN_PRIOR] = done["estimates"]["capped-confidence"]
             known = known_prior_estimate(final.parent, out, args.cache)
             if known is not None:
                 rows[-1]["estimates"][KNOWN_PRIOR] = known
             print(f"{final.parent}: top1 {rows[-1]['top1']:.2f} "
                   + " ".join(f"{k} {v:.1f}" for k, v in rows[-1]["estimates"].items()), flush=True)
-    methods = ["default", *ESTIMATORS.names(), *CROSS_FITTED.names()]
+    methods = ["default", *ESTIMATORS.names(), GIVEN_PRIOR, *CROSS_FITTED.names()]
     inside = np.mean([r["interval"][0] <= r["top1"] <= r["interval"][1] for r in rows]) if rows else 0
     crossed_rows = [r for r in rows if r["cross_fit_interval"]]
     held = [r["cross_fit_interval"][0] <= r["top1"] <= r["cross_fit_interval"][1] for r in crossed_rows]
