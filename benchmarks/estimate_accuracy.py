@@ -78,13 +78,13 @@ def pool_labels_of(run_dir: Path, out, cache: Path) -> np.ndarray | None:
     if stored.is_file():
         labels = np.load(stored)
     else:
-        from finessl.data.ssl_data import cap_indices
+        from finessl.eval.estimate import pool_view
         from finessl.run import run_data
-        from finessl.rundir import RunDir
 
-        config = RunDir(run_dir).read_config()
-        _, data = run_data(run_dir, device="cpu")
-        indices = cap_indices(np.asarray(data.unlabeled_indices), config.train.estimate_pool, config.seed)
+        predictor, data = run_data(run_dir, device="cpu")
+        config = predictor.config  # the images estimates read, as finessl.run.run_outputs picks them
+        indices = pool_view(data.source.train, data.unlabeled_indices, None, 0,
+                            config.train.estimate_pool, config.seed).indices
         labels = np.asarray(data.source.train_targets)[indices]
         cache.mkdir(parents=True, exist_ok=True)
         np.save(stored, labels)
@@ -112,15 +112,15 @@ GIVEN_PRIOR = "capped-confidence, pool prior given"
 
 
 def known_prior_estimate(run_dir: Path, out, cache: Path) -> float | None:
-    from finessl.eval.estimate import capped_confidence
+    from finessl.eval.estimate import Outputs, capped_confidence
 
     labels = pool_labels_of(run_dir, out, cache)
     if labels is None:
         return None
     known = labels[labels >= 0]
     prior = np.bincount(known, minlength=out.pool.shape[1]) / len(known)
-    return 100 * capped_confidence(type(out)(out.pool, calibration_labels=out.calibration_labels,
-                                             prior=prior))
+    return 100 * capped_confidence(Outputs(out.pool, calibration_labels=out.calibration_labels,
+                                           prior=prior))
 
 
 def task_of(run_dir: Path, config) -> str:

@@ -160,12 +160,11 @@ def cross_fitted_estimate(run_dir: str | Path, folds: int = FOLDS, device: str =
     ``pool_prior``: as for ``finessl.run.estimate``."""
     from finessl.eval import estimate as estimators
     from finessl.hub import local_run
-    from finessl.run import loaded_outputs, own_pool_prior, run_data
+    from finessl.run import loaded_outputs, pool_prior_for, run_data
 
     run = RunDir(local_run(run_dir))
     loaded = run_data(run.path, device)  # the run's model and data, read once for both
-    prior = estimators.read_pool_prior(pool_prior, loaded[0].classes) if pool_prior else \
-        own_pool_prior(loaded[0], pool)
+    prior = pool_prior_for(loaded[0], pool, pool_prior)
     fitted = cross_fit(run.path, folds, device, pool, loaded)
     out = loaded_outputs(*loaded, pool)
     out.held_out, out.prior = fitted.held_out, prior

@@ -282,13 +282,15 @@ def loaded_outputs(predictor, data, pool: Sequence[str | Path] | None = None):
                         autocast_for(precision, predictor.device), cfg.train.estimate_pool)
 
 
-def own_pool_prior(predictor, pool: Sequence[str | Path] | None = None):
-    """The class shares the run was told its own pool has (``train.estimate_prior``); None on
-    other images, whose shares it was not told."""
+def pool_prior_for(predictor, pool: Sequence[str | Path] | None = None,
+                   given: str | Path | None = None):
+    """The class shares the cap reads: those in the CSV ``given``, else on the run's own pool
+    the ones it was told (``train.estimate_prior``); None on other images, whose shares it
+    was not told."""
     from finessl.eval.estimate import read_pool_prior
 
-    path = predictor.config.train.estimate_prior
-    return read_pool_prior(path, predictor.classes) if path and not pool else None
+    path = given or (None if pool else predictor.config.train.estimate_prior)
+    return read_pool_prior(path, predictor.classes) if path else None
 
 
 def estimate(run_dir: str | Path, pool: Sequence[str | Path] | None = None, device: str = "auto",
@@ -301,8 +303,7 @@ def estimate(run_dir: str | Path, pool: Sequence[str | Path] | None = None, devi
 
     predictor, data = run_data(run_dir, device)
     config = predictor.config
-    prior = estimators.read_pool_prior(pool_prior, predictor.classes) if pool_prior else \
-        own_pool_prior(predictor, pool)
+    prior = pool_prior_for(predictor, pool, pool_prior)
     out = loaded_outputs(predictor, data, pool)
     out.prior = prior
     chosen = method or (config.train.estimate if config.train.estimate != "none"

@@ -213,11 +213,11 @@ def read_pool_prior(path: str | Path, classes: Sequence[str]) -> np.ndarray:
         shares[row["class"]] = share
     unknown = sorted(set(shares) - set(classes))
     missing = [c for c in classes if c not in shares]
-    if unknown or missing:
+    wrong = ([f"not the run's: {', '.join(unknown)}"] if unknown else []) + \
+        ([f"missing: {', '.join(missing)}"] if missing else [])
+    if wrong:
         raise DataError(f"{path}: the classes must be the run's ({', '.join(classes)}); "
-                        + "; ".join(part for part in (
-                            f"not the run's: {', '.join(unknown)}" if unknown else "",
-                            f"missing: {', '.join(missing)}" if missing else "") if part))
+                        + "; ".join(wrong))
     prior = np.asarray([shares[c] for c in classes], np.float64)
     if prior.sum() <= 0:
         raise DataError(f"{path}: the shares sum to zero")
@@ -464,12 +464,12 @@ def _cap_at_work(out: Outputs, applicable: dict[str, float], predicted: np.ndarr
         return None
     k = int(np.argmax(predicted - prior))
     name = classes[k] if classes is not None and k < len(classes) else f"class {k}"
+    said = (f"capped-confidence is {100 * (plain - capped):.0f} points below confidence: the model "
+            f"puts {100 * predicted[k]:.0f} % of the pool into {name!r}")
     if out.prior is not None:
-        return (f"capped-confidence is {100 * (plain - capped):.0f} points below confidence: the "
-                f"model puts {100 * predicted[k]:.0f} % of the pool into {name!r}, where the pool "
-                f"prior given holds {100 * prior[k]:.0f} %: classes merged into it, or a prior that is off")
-    return (f"capped-confidence is {100 * (plain - capped):.0f} points below confidence: the model "
-            f"puts {100 * predicted[k]:.0f} % of the pool into {name!r} against {100 * prior[k]:.0f} % "
+        return (f"{said}, where the pool prior given holds {100 * prior[k]:.0f} %: classes merged "
+                "into it, or a prior that is off")
+    return (f"{said} against {100 * prior[k]:.0f} % "
             "of the labeled set; if it merges other classes into it, the cap is right; if the pool "
             f"really holds that many (a long tail), the cap cuts right answers too and the accuracy "
             f"on this pool is likely between {100 * capped:.0f} % and confidence's {100 * plain:.0f} % "
