@@ -121,6 +121,45 @@ def test_capped_confidence_at_a_pool_prior_given_by_hand():
     assert ESTIMATORS.get("capped-confidence")(out.subset(np.arange(8))) == pytest.approx(0.825)
 
 
+def test_capped_recall_reads_the_labeled_class_mix_by_hand():
+    """The pool above (class 0's mass 0.675, class 1's 0.15), balanced labels. At a given
+    prior 0.75 / 0.25 nothing is capped; the recalls are 0.675 / 0.75 = 0.9 and 0.15 / 0.25 =
+    0.6, so at the labels' 50 / 50 mix 0.75 (capped-confidence, the pool's mix: 0.825). At
+    0.6 / 0.4: 0.6 / 0.6 = 1 and 0.15 / 0.4 = 0.375, so 0.6875. With no prior given it is
+    capped-confidence (0.65); a class the prior says the pool lacks is left out."""
+    pool = np.array([[0.9, 0.1]] * 6 + [[0.4, 0.6]] * 2)
+    labels = np.array([0, 1, 0, 1])
+    recall = ESTIMATORS.get("capped-recall")
+    out = Outputs(pool, None, np.full((4, 2), 0.5), labels, prior=np.array([0.75, 0.25]))
+    assert recall(out) == pytest.approx(0.75)
+    assert ESTIMATORS.get("capped-confidence")(out) == pytest.approx(0.825)
+    out.prior = np.array([0.6, 0.4])
+    assert recall(out) == pytest.approx(0.6875)
+    out.prior = None
+    assert recall(out) == pytest.approx(0.65) == ESTIMATORS.get("capped-confidence")(out)
+    out.prior = np.array([1.0, 0.0])
+    assert recall(out) == pytest.approx(0.675)
+    # the labeled mix is the target: without labels there is none, even with a prior given
+    assert np.isnan(recall(Outputs(pool, prior=np.array([0.75, 0.25]))))
+
+
+def test_a_calibrated_model_on_a_long_tailed_pool_reads_both_accuracies_exactly():
+    """900 images of class 0 (810 predicted right) and 100 of class 1 (80 right); every
+    prediction's confidence is its predicted class's precision (calibrated by construction):
+    810 / 830 for the 830 predicted 0, 80 / 170 for the 170 predicted 1. At the true prior
+    0.9 / 0.1 capped-confidence is the pool's accuracy, 0.89, and capped-recall the mean of the
+    recalls 0.9 and 0.8, 0.85: a balanced test set's top-1 for this model."""
+    truth = np.array([0] * 900 + [1] * 100)
+    predicted = np.array([0] * 810 + [1] * 90 + [1] * 80 + [0] * 20)
+    sure = np.where(predicted == 0, 810 / 830, 80 / 170)
+    pool = np.tile(((1 - sure) / 2)[:, None], (1, 3))  # a third class, in neither pool nor labels,
+    pool[np.arange(1000), predicted] = sure           # keeps 80 / 170 < 1/2 the top class
+    out = Outputs(pool, calibration_labels=np.array([0, 1] * 4), prior=np.array([0.9, 0.1, 0.0]))
+    assert (pool.argmax(1) == truth).mean() == pytest.approx(0.89)
+    assert ESTIMATORS.get("capped-confidence")(out) == pytest.approx(0.89)
+    assert ESTIMATORS.get("capped-recall")(out) == pytest.approx(0.85)
+
+
 def test_a_pool_prior_is_read_from_csv_and_bad_ones_are_refused(tmp_path):
     from finessl.errors import DataError
     from finessl.eval.estimate import read_pool_prior
@@ -179,8 +218,9 @@ def test_a_cap_at_work_is_explained_whatever_the_other_estimators_say():
                 "the cap is right; if the pool really holds that many (a long tail), the cap cuts "
                 "right answers too and the accuracy on this pool is likely between 79 % and "
                 "confidence's 90 % (finessl audit estimates the pool's class prior)")
-    notes = warnings_for(out, {"confidence": 0.90, "atc": 0.88, "capped-confidence": capped}, names)
-    assert notes == [cap_note]
+    notes = warnings_for(out, {"confidence": 0.90, "atc": 0.88, "capped-confidence": capped,
+                               "capped-recall": capped}, names)
+    assert notes == [cap_note]  # the two capped estimators are not "disagreeing" estimators
     # the others disagreeing among themselves (20 points) is a second cause, said on its own
     notes = warnings_for(out, {"confidence": 0.90, "atc": 0.70, "capped-confidence": capped}, names)
     assert notes[0] == cap_note and notes[1].startswith("the estimators disagree by 20 points")

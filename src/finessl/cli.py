@@ -699,7 +699,8 @@ def build_parser() -> argparse.ArgumentParser:
     estimate.add_argument("--pool-prior", metavar="FILE.csv",
                           help="the pool's class shares (columns class, share; or an audit's "
                                "pool_prior.csv) where you know them: capped-confidence caps at "
-                               "them instead of the labeled set's shares")
+                               "them instead of the labeled set's shares (the pool's accuracy), "
+                               "capped-recall reads them back to the labeled set's class mix")
     estimate.add_argument("--out", help="also write the estimate to this JSON file")
     estimate.add_argument("--device", default="auto")
     estimate.set_defaults(func=cmd_estimate, whole_pool=True)

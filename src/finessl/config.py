@@ -180,7 +180,8 @@ class AlgorithmConfig(_MovedKeys):
 
 
 # finessl.eval.estimate's estimators (a test keeps the two lists equal).
-ESTIMATORS = ("agreement", "atc", "doc", "temperature", "confidence", "capped-confidence", "none")
+ESTIMATORS = ("agreement", "atc", "doc", "temperature", "confidence", "capped-confidence",
+              "capped-recall", "none")
 
 
 @dataclass
@@ -222,13 +223,16 @@ class TrainConfig:
                              choices=("csv", "mlflow", "wandb"))
     estimate: str = opt("capped-confidence", "label-free accuracy estimate at each evaluation "
                                              "(on the unlabeled pool): capped-confidence, "
+                                             "capped-recall (with train.estimate_prior: at the "
+                                             "labeled set's class mix, not the pool's), "
                                              "confidence, atc, doc, temperature, agreement or none",
                         choices=ESTIMATORS)
     estimate_pool: int | None = opt(2000, "pool images each estimate reads (a fixed random "
                                           "subset; none: all)", ge=1)
     estimate_prior: str | None = opt(None, "a CSV of the pool's class shares (class, share; or "
-                                           "an audit's pool_prior.csv) that capped-confidence caps "
-                                           "at instead of the labeled set's (a long-tailed pool)")
+                                           "an audit's pool_prior.csv) that capped-confidence and "
+                                           "capped-recall cap at instead of the labeled set's "
+                                           "(a long-tailed pool)")
     keep: str = opt("last", "the adapter a run ends with: last, or best-estimate (the evaluation "
                             "with the highest estimated accuracy)", choices=("last", "best-estimate"))
     keep_margin: float = opt(1.0, "train.keep best-estimate keeps an earlier evaluation only if "

@@ -20,7 +20,11 @@ under strong augmentation (``strong``), which the model has not seen in that for
   at its share of the labeled set: a model cannot be right on more images of a class than
   the pool holds, so confident mass piled onto one class (confirmation bias merging two
   classes) is not counted as right. Assumes the pool's classes are as frequent as the
-  labeled set's; equal to ``confidence`` wherever no class is over-predicted.
+  labeled set's; equal to ``confidence`` wherever no class is over-predicted;
+* ``capped-recall``: with a pool prior given, the accuracy at the labeled set's class mix
+  instead of the pool's (on a long-tailed pool the pool's accuracy is mostly its head
+  classes'; a balanced test set weighs every class alike): each class's capped mass over its
+  pool share, averaged with the labeled shares. Without a given prior, ``capped-confidence``.
 
 The interval is a bootstrap over the pool's images plus the spread of the estimators
 that apply: the methods disagree most where none of them can be trusted.
@@ -156,17 +160,44 @@ def agreement(out: Outputs) -> float:
     return float((out.pool.argmax(1) == out.pool_aux.argmax(1)).mean())
 
 
+def _capped_mass(out: Outputs) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per predicted class, its confidence mass (the pool's share it gets right, if the model
+    is calibrated) capped at the class's share of the pool (``cap_prior``), and that prior;
+    None without a prior or a pool."""
+    prior = cap_prior(out)
+    if prior is None or not len(out.pool):
+        return None
+    C = out.pool.shape[1]
+    mass = np.bincount(out.pool.argmax(1), weights=_confidence(out.pool), minlength=C) / len(out.pool)
+    return np.minimum(mass, prior), prior
+
+
 @ESTIMATORS.register("capped-confidence")
 def capped_confidence(out: Outputs) -> float:
     """Accuracy is at most sum_k min(P(predicted k), P(class k)); per predicted class the
     calibrated share of right answers is its confidence mass, capped at the class's share of
     the pool (``cap_prior``: the one given, else the labeled set's)."""
-    prior = cap_prior(out)
-    if prior is None or not len(out.pool):
+    capped = _capped_mass(out)
+    return float("nan") if capped is None else float(capped[0].sum())
+
+
+@ESTIMATORS.register("capped-recall")
+def capped_recall(out: Outputs) -> float:
+    """The accuracy on images in the labeled set's class mix, not the pool's: each class's
+    capped mass over its share of the pool is its estimated recall, which a change of class
+    mix alone leaves as it is, averaged with the labeled set's shares (equal shares: a
+    balanced test set's top-1). The same as ``capped-confidence`` unless a pool prior is
+    given; a class the given prior says the pool lacks has no recall to read and is left
+    out of the average."""
+    capped = _capped_mass(out)
+    if capped is None or out.calibration_labels is None or not len(out.calibration_labels):
         return float("nan")
-    C = out.pool.shape[1]
-    mass = np.bincount(out.pool.argmax(1), weights=_confidence(out.pool), minlength=C) / len(out.pool)
-    return float(np.minimum(mass, prior).sum())
+    right, prior = capped
+    target = labeled_prior(out.calibration_labels, out.pool.shape[1]) * (prior > 0)
+    if target.sum() <= 0:
+        return float("nan")
+    recall = np.divide(right, prior, out=np.zeros_like(right), where=prior > 0)
+    return float((target * recall).sum() / target.sum())
 
 
 def labeled_prior(labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -420,6 +451,7 @@ def common_estimates(finals: list[dict]) -> tuple[str | None, list[float | None]
 # or estimators this far apart, and the estimate is flagged.
 SHIFT_RATIO = 3.0
 DISAGREEMENT = 0.10
+CAPPED = ("capped-confidence", "capped-recall")  # apart from the rest by design: _cap_at_work
 
 
 def warnings_for(out: Outputs, applicable: dict[str, float],
@@ -446,7 +478,7 @@ def warnings_for(out: Outputs, applicable: dict[str, float],
     cap = _cap_at_work(out, applicable, predicted, classes)
     if cap:
         notes.append(cap)
-    others = [v for k, v in applicable.items() if k != "capped-confidence"]
+    others = [v for k, v in applicable.items() if k not in CAPPED]
     if len(others) > 1 and max(others) - min(others) > DISAGREEMENT:
         notes.append(f"the estimators disagree by {100 * (max(others) - min(others)):.0f} points: "
                      "the pool may hold images unlike the labeled ones (run finessl audit)")
