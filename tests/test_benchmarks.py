@@ -69,12 +69,22 @@ def test_estimate_table_against_the_pool_reads_the_hidden_labels_and_keeps_tasks
     key = hashlib.sha1(str(run.resolve()).encode()).hexdigest()[:16]
     np.save(tmp_path / f"{key}-pool-labels.npy", np.array([0, 1, 1, 2]))
     pool = np.eye(3)[[0, 1, 2, 2]] * 0.9 + 0.1 / 3
-    out = Outputs(pool)
+    out = Outputs(pool, calibration_labels=np.array([0, 1, 2]))
     assert estimate_accuracy.pool_top1_of(run, out, tmp_path) == 75.0
     # Capped at the pool's true shares (1/4, 1/2, 1/4), each prediction at confidence 0.9333:
     # classes 0 and 1 keep their mass 0.2333, class 2's 0.4667 is capped at 0.25 -> 71.67 %.
-    assert estimate_accuracy.known_prior_estimate(run, out, tmp_path) == \
-        pytest.approx(100 * (2 * (0.9 + 0.1 / 3) / 4 + 0.25))
+    # As recalls: 0.2333 / 0.25, 0.2333 / 0.5 and 0.25 / 0.25, at the labels' 1/3 each -> 80 %.
+    found = estimate_accuracy.prior_estimates(run, out, tmp_path)
+    assert found[estimate_accuracy.KNOWN_PRIOR] == pytest.approx(100 * (2 * (0.9 + 0.1 / 3) / 4 + 0.25))
+    assert found[estimate_accuracy.RECALL_KNOWN] == pytest.approx(100 * (0.9333333 + 0.4666667 + 1) / 3)
+    assert {estimate_accuracy.ROUGH_PRIOR, estimate_accuracy.RECALL_ROUGH} <= set(found)
+    # Roughly known shares: renormalised, changed, no two classes off by more than 4x apart.
+    true = np.array([0.4, 0.3, 0.2, 0.05, 0.05])
+    for seed in range(20):
+        rough = estimate_accuracy.roughly(true, seed)
+        factors = rough / true
+        assert rough.sum() == pytest.approx(1.0) and not np.allclose(rough, true)
+        assert factors.max() / factors.min() <= 4.0
     # A long-tailed pool is another task than the balanced one of the same dataset.
     balanced = load_preset("demo")
     tailed = apply_overrides(load_preset("demo"), {"data.unlabeled_imbalance": "10"})

@@ -315,11 +315,16 @@ def test_a_known_pool_prior_caps_the_estimate_in_training_and_after(tmp_path):
     classes = list(plain["per_class_acc"])
     prior = tmp_path / "prior.csv"  # every image of the pool said to be of the first class
     prior.write_text("class,share\n" + "".join(f"{c},{int(c == classes[0])}\n" for c in classes))
-    told = train(smoke(**{"train.estimate_prior": str(prior)}), tmp_path / "told", callbacks=[])
+    told = train(smoke(**{"train.estimate_prior": str(prior), "train.estimate": "capped-recall"}),
+                 tmp_path / "told", callbacks=[])
     # Estimating does not change training, so the run told the prior has the plain run's
     # weights: its estimate in training is the plain run's estimated afterwards with that prior.
     after = run_estimate(tmp_path / "plain", pool_prior=prior).methods
     assert told["estimates"]["capped-confidence"] == pytest.approx(after["capped-confidence"])
+    assert told["estimate_method"] == "capped-recall"
+    assert told["estimated_top1"] == pytest.approx(after["capped-recall"])
+    # the pool said to hold one class: the recall of that class alone, its mass capped at 1
+    assert after["capped-recall"] == pytest.approx(after["capped-confidence"])
     assert told["estimates"]["confidence"] == pytest.approx(plain["estimates"]["confidence"])
     # and finessl estimate on the told run's own pool reads its train.estimate_prior
     again = run_estimate(tmp_path / "told").methods["capped-confidence"]
