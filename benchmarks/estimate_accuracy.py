@@ -104,18 +104,22 @@ def pool_top1_of(run_dir: Path, out, cache: Path) -> float | None:
 
 
 # What a user who knows the pool's class shares gets (finessl estimate --pool-prior): the
-# caps at the true shares of the estimated images, an oracle only the benchmark can compute,
-# and at those shares each off by up to a factor of two (a user who knows the tail's order
-# of magnitude). capped-confidence reads the pool's accuracy, capped-recall the accuracy at
-# the labeled set's class mix (the balanced test set's).
-KNOWN_PRIOR = "capped-confidence, pool prior known"
-ROUGH_PRIOR = "capped-confidence, pool prior off by up to 2x"
-RECALL_KNOWN = "capped-recall, pool prior known"
-RECALL_ROUGH = "capped-recall, pool prior off by up to 2x"
-# A run trained with train.estimate_prior: its own estimates at the shares it was given
-# (final.json), where the recomputed ones above cap at the labeled set's.
-GIVEN_PRIOR = "capped-confidence, pool prior given"
-RECALL_GIVEN = "capped-recall, pool prior given"
+# estimators that read a pool prior, at the shares a run was trained with (train.estimate_prior:
+# "given"), at the true shares of the estimated images (an oracle only the benchmark can
+# compute: "known"), and at those shares each off by up to a factor of two (a user who knows
+# the tail's order of magnitude). The *-confidence ones read the pool's accuracy, the *-recall
+# ones the accuracy at the labeled set's class mix (the balanced test set's).
+PRIOR_READERS = ("capped-confidence", "capped-recall", "adjusted-confidence", "adjusted-recall")
+PRIORS = ("given", "known", "off by up to 2x")
+
+
+def prior_row(method: str, prior: str) -> str:
+    return f"{method}, pool prior {prior}"
+
+
+KNOWN_PRIOR = prior_row("capped-confidence", "known")
+POOL_ROWS = [prior_row(m, p) for p in PRIORS for m in PRIOR_READERS if m.endswith("confidence")]
+MIX_ROWS = [prior_row(m, p) for p in PRIORS for m in PRIOR_READERS if m.endswith("recall")]
 
 
 def roughly(prior: np.ndarray, seed: int) -> np.ndarray:
@@ -125,26 +129,24 @@ def roughly(prior: np.ndarray, seed: int) -> np.ndarray:
     return shares / shares.sum()
 
 
-def prior_estimates(run_dir: Path, out, cache: Path, seed: int = 0) -> dict[str, float]:
-    """Both capped estimators (percent) at the estimated pool images' true class shares and at
-    ``roughly`` those shares; empty where the pool has no hidden labels (capped-recall also
-    needs the calibration labels)."""
-    from finessl.eval.estimate import Outputs, capped_confidence, capped_recall
+def at_prior(out, prior: np.ndarray, name: str) -> dict[str, float]:
+    """Every estimator that reads a pool prior (percent) on ``out`` at ``prior``."""
+    from finessl.eval.estimate import ESTIMATORS, Outputs
 
+    at = Outputs(out.pool, calibration_labels=out.calibration_labels, prior=prior)
+    values = {prior_row(m, name): 100 * ESTIMATORS.get(m)(at) for m in PRIOR_READERS}
+    return {k: v for k, v in values.items() if np.isfinite(v)}
+
+
+def prior_estimates(run_dir: Path, out, cache: Path, seed: int = 0) -> dict[str, float]:
+    """``at_prior`` the estimated pool images' true class shares and ``roughly`` them; empty
+    where the pool has no hidden labels (the *-recall ones also need the calibration labels)."""
     labels = pool_labels_of(run_dir, out, cache)
     if labels is None:
         return {}
     known = labels[labels >= 0]
     true = np.bincount(known, minlength=out.pool.shape[1]) / len(known)
-    found = {}
-    for names, prior in (((KNOWN_PRIOR, RECALL_KNOWN), true),
-                         ((ROUGH_PRIOR, RECALL_ROUGH), roughly(true, seed))):
-        at = Outputs(out.pool, calibration_labels=out.calibration_labels, prior=prior)
-        for name, method in zip(names, (capped_confidence, capped_recall)):
-            value = method(at)
-            if np.isfinite(value):
-                found[name] = 100 * value
-    return found
+    return {**at_prior(out, true, "known"), **at_prior(out, roughly(true, seed), PRIORS[2])}
 
 
 def task_of(run_dir: Path, config) -> str:
@@ -221,7 +223,7 @@ def pool_truth(rows: list[dict], methods: list[str]) -> str:
     gaps = [r["pool_top1"] - r["top1"] for r in known]
     return (f"Against the accuracy on the pool itself (pool top-1 minus test top-1: "
             f"{min(gaps):+.1f} to {max(gaps):+.1f}, mean {np.mean(gaps):+.1f}):\n\n"
-            + per_task_table(known, [*methods, KNOWN_PRIOR, ROUGH_PRIOR], "pool_top1"))
+            + per_task_table(known, [*methods, *POOL_ROWS], "pool_top1"))
 
 
 def per_task_table(rows: list[dict], methods: list[str], truth: str = "top1") -> str:
@@ -262,6 +264,7 @@ def kept_by(evals: list[dict], method: str, margin: float) -> float:
 # The rules replayed from metrics.jsonl beside the one the runs trained with.
 REPLAYED = [("confidence", 0.0), ("confidence", 1.0), ("capped-confidence", 0.0),
             ("capped-confidence", 1.0), ("capped-recall", 0.0), ("capped-recall", 1.0),
+            ("adjusted-recall", 1.0),
             ("atc", 1.0), ("doc", 1.0), ("agreement", 1.0)]
 
 
@@ -323,7 +326,13 @@ def main() -> None:
                         help="also the cross-fitted estimators, from each run's K finished folds")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    from finessl.eval.estimate import CROSS_FITTED, DEFAULT_CROSS_FITTED, ESTIMATORS, estimate
+    from finessl.eval.estimate import (
+        CROSS_FITTED,
+        DEFAULT_CROSS_FITTED,
+        ESTIMATORS,
+        estimate,
+        read_pool_prior,
+    )
     from finessl.rundir import RunDir
 
     began = time.time()
@@ -355,15 +364,13 @@ def main() -> None:
                                        **(crossed.methods if crossed else {})},
                          "interval": result.interval, "warnings": result.warnings,
                          "cross_fit_interval": crossed.interval if crossed else None})
-            given = done.get("estimates") or {} if config.train.estimate_prior else {}
-            for name, method in ((GIVEN_PRIOR, "capped-confidence"), (RECALL_GIVEN, "capped-recall")):
-                if method in given:
-                    rows[-1]["estimates"][name] = given[method]
+            if config.train.estimate_prior:  # the shares the run was given, as it read them
+                given = read_pool_prior(config.train.estimate_prior, list(done["per_class_acc"]))
+                rows[-1]["estimates"].update(at_prior(out, given, "given"))
             rows[-1]["estimates"].update(prior_estimates(final.parent, out, args.cache, config.seed))
             print(f"{final.parent}: top1 {rows[-1]['top1']:.2f} "
                   + " ".join(f"{k} {v:.1f}" for k, v in rows[-1]["estimates"].items()), flush=True)
-    methods = ["default", *ESTIMATORS.names(), GIVEN_PRIOR, RECALL_GIVEN, RECALL_KNOWN,
-               RECALL_ROUGH, *CROSS_FITTED.names()]
+    methods = ["default", *ESTIMATORS.names(), *MIX_ROWS, *CROSS_FITTED.names()]
     inside = np.mean([r["interval"][0] <= r["top1"] <= r["interval"][1] for r in rows]) if rows else 0
     crossed_rows = [r for r in rows if r["cross_fit_interval"]]
     held = [r["cross_fit_interval"][0] <= r["top1"] <= r["cross_fit_interval"][1] for r in crossed_rows]

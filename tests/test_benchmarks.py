@@ -76,8 +76,10 @@ def test_estimate_table_against_the_pool_reads_the_hidden_labels_and_keeps_tasks
     # As recalls: 0.2333 / 0.25, 0.2333 / 0.5 and 0.25 / 0.25, at the labels' 1/3 each -> 80 %.
     found = estimate_accuracy.prior_estimates(run, out, tmp_path)
     assert found[estimate_accuracy.KNOWN_PRIOR] == pytest.approx(100 * (2 * (0.9 + 0.1 / 3) / 4 + 0.25))
-    assert found[estimate_accuracy.RECALL_KNOWN] == pytest.approx(100 * (0.9333333 + 0.4666667 + 1) / 3)
-    assert {estimate_accuracy.ROUGH_PRIOR, estimate_accuracy.RECALL_ROUGH} <= set(found)
+    assert found["capped-recall, pool prior known"] == \
+        pytest.approx(100 * (0.9333333 + 0.4666667 + 1) / 3)
+    assert set(found) == {estimate_accuracy.prior_row(m, p) for m in estimate_accuracy.PRIOR_READERS
+                          for p in ("known", "off by up to 2x")}
     # Roughly known shares: renormalised, changed, no two classes off by more than 4x apart.
     true = np.array([0.4, 0.3, 0.2, 0.05, 0.05])
     for seed in range(20):

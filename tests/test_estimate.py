@@ -160,6 +160,39 @@ def test_a_calibrated_model_on_a_long_tailed_pool_reads_both_accuracies_exactly(
     assert ESTIMATORS.get("capped-recall")(out) == pytest.approx(0.85)
 
 
+def test_adjusted_estimators_move_the_confidences_to_the_given_prior_by_hand():
+    """Balanced labels, a given prior 0.8 / 0.2. A prediction of class 0 at (0.9, 0.1) moves
+    to 1.44 / 1.48 = 0.97297, one of class 1 at (0.4, 0.6) to 0.24 / 0.88 = 0.27273. Six of
+    the first, two of the second: masses 0.72973 and 0.06818, under the caps, so
+    adjusted-confidence 0.79791 and adjusted-recall (0.72973 / 0.8 + 0.06818 / 0.2) / 2 =
+    0.62654 (capped-recall, at the model's own confidences: 0.79688)."""
+    pool = np.array([[0.9, 0.1]] * 6 + [[0.4, 0.6]] * 2)
+    out = Outputs(pool, calibration_labels=np.array([0, 1, 0, 1]), prior=np.array([0.8, 0.2]))
+    assert ESTIMATORS.get("adjusted-confidence")(out) == pytest.approx(0.79791, abs=1e-5)
+    assert ESTIMATORS.get("adjusted-recall")(out) == pytest.approx(0.62654, abs=1e-5)
+    assert ESTIMATORS.get("capped-recall")(out) == pytest.approx(0.796875)
+    out.prior = None  # without a given prior, nothing moves: capped-confidence
+    for name in ("adjusted-confidence", "adjusted-recall"):
+        assert ESTIMATORS.get(name)(out) == pytest.approx(0.65)
+
+
+def test_a_model_calibrated_on_balanced_classes_is_read_exactly_on_a_shifted_pool():
+    """Two kinds of image: A, where a balanced set's class 0 is 90 % likely, and B, 30 %
+    (so A is a third of a balanced set). Moved to a pool 80 % class 0, 1,500 images hold 720
+    of class 0 and 20 of class 1 looking like A, 480 and 280 looking like B; the model predicts
+    0 on A and 1 on B. Its accuracy on the pool is 1000 / 1500, its recalls 720 / 1200 and
+    280 / 300 (mean 0.76667). The adjusted estimators give both exactly; the unadjusted ones
+    credit class 1 with all the B images (capped-recall 0.7775, capped-confidence 0.644)."""
+    pool = np.array([[0.9, 0.1]] * 740 + [[0.3, 0.7]] * 760)
+    truth = np.array([0] * 720 + [1] * 20 + [0] * 480 + [1] * 280)
+    out = Outputs(pool, calibration_labels=np.array([0, 1] * 4), prior=np.array([0.8, 0.2]))
+    assert (pool.argmax(1) == truth).mean() == pytest.approx(1000 / 1500)
+    assert ESTIMATORS.get("adjusted-confidence")(out) == pytest.approx(1000 / 1500)
+    assert ESTIMATORS.get("adjusted-recall")(out) == pytest.approx((0.6 + 280 / 300) / 2)
+    assert ESTIMATORS.get("capped-recall")(out) == pytest.approx(0.7775)
+    assert ESTIMATORS.get("capped-confidence")(out) == pytest.approx(0.644)
+
+
 def test_a_pool_prior_is_read_from_csv_and_bad_ones_are_refused(tmp_path):
     from finessl.errors import DataError
     from finessl.eval.estimate import read_pool_prior

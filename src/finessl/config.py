@@ -181,7 +181,7 @@ class AlgorithmConfig(_MovedKeys):
 
 # finessl.eval.estimate's estimators (a test keeps the two lists equal).
 ESTIMATORS = ("agreement", "atc", "doc", "temperature", "confidence", "capped-confidence",
-              "capped-recall", "none")
+              "capped-recall", "adjusted-confidence", "adjusted-recall", "none")
 
 
 @dataclass
@@ -225,6 +225,8 @@ class TrainConfig:
                                              "(on the unlabeled pool): capped-confidence, "
                                              "capped-recall (with train.estimate_prior: at the "
                                              "labeled set's class mix, not the pool's), "
+                                             "adjusted-confidence, adjusted-recall (the same with "
+                                             "confidences moved to the given prior), "
                                              "confidence, atc, doc, temperature, agreement or none",
                         choices=ESTIMATORS)
     estimate_pool: int | None = opt(2000, "pool images each estimate reads (a fixed random "

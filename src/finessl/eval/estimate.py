@@ -24,7 +24,10 @@ under strong augmentation (``strong``), which the model has not seen in that for
 * ``capped-recall``: with a pool prior given, the accuracy at the labeled set's class mix
   instead of the pool's (on a long-tailed pool the pool's accuracy is mostly its head
   classes'; a balanced test set weighs every class alike): each class's capped mass over its
-  pool share, averaged with the labeled shares. Without a given prior, ``capped-confidence``.
+  pool share, averaged with the labeled shares. Without a given prior, ``capped-confidence``;
+* ``adjusted-confidence`` and ``adjusted-recall``: the two above with each prediction's
+  confidence first moved to the given pool prior (a model calibrated on the labels' class mix
+  is overconfident in a class the pool holds few of); without a given prior, the same.
 
 The interval is a bootstrap over the pool's images plus the spread of the estimators
 that apply: the methods disagree most where none of them can be trusted.
@@ -160,16 +163,33 @@ def agreement(out: Outputs) -> float:
     return float((out.pool.argmax(1) == out.pool_aux.argmax(1)).mean())
 
 
-def _capped_mass(out: Outputs) -> tuple[np.ndarray, np.ndarray] | None:
+def _capped_mass(out: Outputs, adjusted: bool = False) -> tuple[np.ndarray, np.ndarray] | None:
     """Per predicted class, its confidence mass (the pool's share it gets right, if the model
     is calibrated) capped at the class's share of the pool (``cap_prior``), and that prior;
-    None without a prior or a pool."""
+    None without a prior or a pool. ``adjusted``: the confidence in each prediction read from
+    ``shifted_probs`` (the posteriors moved to the given pool prior)."""
     prior = cap_prior(out)
     if prior is None or not len(out.pool):
         return None
     C = out.pool.shape[1]
-    mass = np.bincount(out.pool.argmax(1), weights=_confidence(out.pool), minlength=C) / len(out.pool)
+    predicted = out.pool.argmax(1)
+    sure = shifted_probs(out)[np.arange(len(predicted)), predicted] if adjusted else _confidence(out.pool)
+    mass = np.bincount(predicted, weights=sure, minlength=C) / len(out.pool)
     return np.minimum(mass, prior), prior
+
+
+def shifted_probs(out: Outputs) -> np.ndarray:
+    """The pool probabilities as a model calibrated on the labeled set's class mix would give
+    them on a pool of the given prior's mix (Saerens et al., 2002: each class's probability
+    times its pool share over its labeled share, renormalised); the model's own probabilities
+    without a given prior or labels."""
+    if out.prior is None or out.calibration_labels is None or not len(out.calibration_labels):
+        return out.pool
+    labeled = labeled_prior(out.calibration_labels, out.pool.shape[1])
+    ratio = np.divide(np.asarray(out.prior, np.float64), labeled, out=np.ones_like(labeled),
+                      where=labeled > 0)
+    moved = out.pool * ratio[None]
+    return moved / np.clip(moved.sum(1, keepdims=True), 1e-12, None)
 
 
 @ESTIMATORS.register("capped-confidence")
@@ -189,7 +209,28 @@ def capped_recall(out: Outputs) -> float:
     balanced test set's top-1). The same as ``capped-confidence`` unless a pool prior is
     given; a class the given prior says the pool lacks has no recall to read and is left
     out of the average."""
-    capped = _capped_mass(out)
+    return _recall_at_labeled_mix(out, adjusted=False)
+
+
+@ESTIMATORS.register("adjusted-confidence")
+def adjusted_confidence(out: Outputs) -> float:
+    """``capped-confidence`` with each prediction's confidence read after moving the model's
+    probabilities to the given pool prior (``shifted_probs``): a prediction of a class the
+    pool holds few of counts for less than the model's own confidence in it. Without a given
+    prior, ``capped-confidence``."""
+    capped = _capped_mass(out, adjusted=True)
+    return float("nan") if capped is None else float(capped[0].sum())
+
+
+@ESTIMATORS.register("adjusted-recall")
+def adjusted_recall(out: Outputs) -> float:
+    """``capped-recall`` from the confidences of ``adjusted-confidence``: the labeled set's
+    class mix, read without crediting a rare class with every image predicted as it."""
+    return _recall_at_labeled_mix(out, adjusted=True)
+
+
+def _recall_at_labeled_mix(out: Outputs, adjusted: bool) -> float:
+    capped = _capped_mass(out, adjusted)
     if capped is None or out.calibration_labels is None or not len(out.calibration_labels):
         return float("nan")
     right, prior = capped
@@ -451,7 +492,8 @@ def common_estimates(finals: list[dict]) -> tuple[str | None, list[float | None]
 # or estimators this far apart, and the estimate is flagged.
 SHIFT_RATIO = 3.0
 DISAGREEMENT = 0.10
-CAPPED = ("capped-confidence", "capped-recall")  # apart from the rest by design: _cap_at_work
+# The estimators that cap at a prior: apart from the rest by design (``_cap_at_work``).
+CAPPED = ("capped-confidence", "capped-recall", "adjusted-confidence", "adjusted-recall")
 
 
 def warnings_for(out: Outputs, applicable: dict[str, float],
