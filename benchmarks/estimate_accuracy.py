@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from finessl.eval.estimate import PRIOR_READERS
+
 sys.path.insert(0, str(Path(__file__).parent))
 
 
@@ -109,7 +111,6 @@ def pool_top1_of(run_dir: Path, out, cache: Path) -> float | None:
 # compute: "known"), and at those shares each off by up to a factor of two (a user who knows
 # the tail's order of magnitude). The *-confidence ones read the pool's accuracy, the *-recall
 # ones the accuracy at the labeled set's class mix (the balanced test set's).
-PRIOR_READERS = ("capped-confidence", "capped-recall", "adjusted-confidence", "adjusted-recall")
 PRIORS = ("given", "known", "off by up to 2x")
 
 

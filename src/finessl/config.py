@@ -232,9 +232,9 @@ class TrainConfig:
     estimate_pool: int | None = opt(2000, "pool images each estimate reads (a fixed random "
                                           "subset; none: all)", ge=1)
     estimate_prior: str | None = opt(None, "a CSV of the pool's class shares (class, share; or "
-                                           "an audit's pool_prior.csv) that capped-confidence and "
-                                           "capped-recall cap at instead of the labeled set's "
-                                           "(a long-tailed pool)")
+                                           "an audit's pool_prior.csv) that the capped- and "
+                                           "adjusted- estimators cap at instead of the labeled "
+                                           "set's (a long-tailed pool)")
     keep: str = opt("last", "the adapter a run ends with: last, or best-estimate (the evaluation "
                             "with the highest estimated accuracy)", choices=("last", "best-estimate"))
     keep_margin: float = opt(1.0, "train.keep best-estimate keeps an earlier evaluation only if "

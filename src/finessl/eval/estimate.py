@@ -197,8 +197,7 @@ def capped_confidence(out: Outputs) -> float:
     """Accuracy is at most sum_k min(P(predicted k), P(class k)); per predicted class the
     calibrated share of right answers is its confidence mass, capped at the class's share of
     the pool (``cap_prior``: the one given, else the labeled set's)."""
-    capped = _capped_mass(out)
-    return float("nan") if capped is None else float(capped[0].sum())
+    return _accuracy_on_pool(out, adjusted=False)
 
 
 @ESTIMATORS.register("capped-recall")
@@ -218,8 +217,7 @@ def adjusted_confidence(out: Outputs) -> float:
     probabilities to the given pool prior (``shifted_probs``): a prediction of a class the
     pool holds few of counts for less than the model's own confidence in it. Without a given
     prior, ``capped-confidence``."""
-    capped = _capped_mass(out, adjusted=True)
-    return float("nan") if capped is None else float(capped[0].sum())
+    return _accuracy_on_pool(out, adjusted=True)
 
 
 @ESTIMATORS.register("adjusted-recall")
@@ -227,6 +225,11 @@ def adjusted_recall(out: Outputs) -> float:
     """``capped-recall`` from the confidences of ``adjusted-confidence``: the labeled set's
     class mix, read without crediting a rare class with every image predicted as it."""
     return _recall_at_labeled_mix(out, adjusted=True)
+
+
+def _accuracy_on_pool(out: Outputs, adjusted: bool) -> float:
+    capped = _capped_mass(out, adjusted)
+    return float("nan") if capped is None else float(capped[0].sum())
 
 
 def _recall_at_labeled_mix(out: Outputs, adjusted: bool) -> float:
@@ -239,6 +242,11 @@ def _recall_at_labeled_mix(out: Outputs, adjusted: bool) -> float:
         return float("nan")
     recall = np.divide(right, prior, out=np.zeros_like(right), where=prior > 0)
     return float((target * recall).sum() / target.sum())
+
+
+# The estimators that cap at a pool prior (a given one, else the labeled set's): apart from
+# the rest by design, so the warnings read them on their own (``_cap_at_work``).
+PRIOR_READERS = ("capped-confidence", "capped-recall", "adjusted-confidence", "adjusted-recall")
 
 
 def labeled_prior(labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -492,8 +500,6 @@ def common_estimates(finals: list[dict]) -> tuple[str | None, list[float | None]
 # or estimators this far apart, and the estimate is flagged.
 SHIFT_RATIO = 3.0
 DISAGREEMENT = 0.10
-# The estimators that cap at a prior: apart from the rest by design (``_cap_at_work``).
-CAPPED = ("capped-confidence", "capped-recall", "adjusted-confidence", "adjusted-recall")
 
 
 def warnings_for(out: Outputs, applicable: dict[str, float],
@@ -520,7 +526,7 @@ def warnings_for(out: Outputs, applicable: dict[str, float],
     cap = _cap_at_work(out, applicable, predicted, classes)
     if cap:
         notes.append(cap)
-    others = [v for k, v in applicable.items() if k not in CAPPED]
+    others = [v for k, v in applicable.items() if k not in PRIOR_READERS]
     if len(others) > 1 and max(others) - min(others) > DISAGREEMENT:
         notes.append(f"the estimators disagree by {100 * (max(others) - min(others)):.0f} points: "
                      "the pool may hold images unlike the labeled ones (run finessl audit)")
