@@ -72,7 +72,7 @@ def group_of(run_dir: Path) -> tuple[str, str, int]:
 
 def rows_for(runs: list[Path], cache: Path, size: int) -> list[dict]:
     """One row per run: its truth, its own estimates and its agreement with its seeds."""
-    from finessl.eval.estimate import Outputs, capped_confidence, confidence, labeled_prior
+    from finessl.eval.estimate import Outputs, capped_confidence, confidence, estimate, labeled_prior
 
     by_group: dict[tuple[str, str], dict[int, tuple[Path, np.ndarray, np.ndarray]]] = defaultdict(dict)
     for run in runs:
@@ -90,11 +90,16 @@ def rows_for(runs: list[Path], cache: Path, size: int) -> list[dict]:
             C = probs.shape[1]
             balanced = Outputs(probs, calibration_labels=np.arange(C))
             assert np.allclose(labeled_prior(np.arange(C), C), 1.0 / C)
+            paired = None
+            if mate is not None:  # as ``finessl estimate --run RUN --peer MATE`` reads it
+                paired = estimate(Outputs(probs, peer=seeds[mate][1]), "peer-agreement", seed=seed)
+                assert paired.top1 == 100 * agree[mate]
             rows.append({"run": str(run), "task": task, "algorithm": algorithm, "seed": seed,
                          "truth": 100 * float((predicted == labels).mean()),
                          "capped-confidence": 100 * capped_confidence(balanced),
                          "confidence": 100 * confidence(balanced),
-                         "paired agreement": 100 * agree[mate] if mate is not None else None,
+                         "paired agreement": paired.top1 if paired else None,
+                         "paired interval": list(paired.interval) if paired else None,
                          "mean agreement with the other seeds":
                              100 * float(np.mean(list(agree.values()))) if agree else None})
     return rows
@@ -123,6 +128,10 @@ def table(rows: list[dict], images: int) -> str:
                          if len(within) > 2 else "–")
         lines.append(f"| {name} | {np.abs(errors).mean():.2f} | {np.abs(errors).max():.2f} | "
                      f"{errors.mean():+.2f} | " + " | ".join(ranks) + " |")
+    held = [r for r in rows if r["paired interval"]]
+    inside = sum(r["paired interval"][0] <= r["truth"] <= r["paired interval"][1] for r in held)
+    lines += ["", f"Paired agreement's interval (`finessl estimate --peer`: the bootstrap over the "
+              f"images) holds the true top-1 for {inside} of {len(held)} runs."]
     lines += ["", "Per algorithm: mean true top-1 on these images / mean signed error of paired "
               "agreement / of capped-confidence", "",
               "| task | algorithm | runs | true top-1 | paired agreement | capped-confidence |",

@@ -97,3 +97,28 @@ def test_estimate_table_against_the_pool_reads_the_hidden_labels_and_keeps_tasks
             {"task": "t", "top1": 50.0, "pool_top1": 80.0, "estimates": {"confidence": 90.0}}]
     text = estimate_accuracy.pool_truth(rows, ["confidence"])
     assert "mean +25.0" in text and "| confidence | 10.0 / +0.0 / – |" in text
+
+
+def test_peer_agreement_pairs_seeds_in_order_and_compares_predictions(tmp_path, monkeypatch):
+    import numpy as np
+    import peer_agreement
+    import pytest
+
+    labels = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
+    predicted = {1: [0, 1, 2, 0, 1, 2, 0, 1, 2, 0],   # 10 of 10 right
+                 2: [0, 1, 2, 0, 1, 2, 0, 1, 0, 1],   # 8 right; agrees with seed 1 on 8
+                 5: [1, 1, 2, 0, 1, 2, 0, 1, 0, 1]}   # 7 right; with 1 on 7, with 2 on 9
+    runs = [tmp_path / f"seed{s}" for s in (5, 1, 2)]
+    monkeypatch.setattr(peer_agreement, "group_of", lambda run: ("t", "a", int(run.name[4:])))
+    monkeypatch.setattr(peer_agreement, "test_outputs", lambda run, cache, size: (
+        np.eye(3)[predicted[int(run.name[4:])]] * 0.8 + 0.2 / 3, labels))
+    rows = {r["seed"]: r for r in peer_agreement.rows_for(runs, tmp_path, 10)}
+    # seeds 1 and 2 are a pair; 5, the odd one out, has no pair but two other seeds
+    assert rows[1]["paired agreement"] == pytest.approx(80.0) == rows[2]["paired agreement"]
+    assert rows[5]["paired agreement"] is None
+    assert rows[5]["mean agreement with the other seeds"] == pytest.approx(80.0)
+    assert rows[2]["mean agreement with the other seeds"] == pytest.approx(85.0)
+    assert [rows[s]["truth"] for s in (1, 2, 5)] == pytest.approx([100.0, 80.0, 70.0])
+    text = peer_agreement.table(list(rows.values()), 10)
+    # paired: errors -20 (seed 1) and 0 (seed 2)
+    assert "| paired agreement | 10.00 | 20.00 | -10.00 | – |" in text

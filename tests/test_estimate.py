@@ -90,6 +90,35 @@ def test_agreement_is_the_share_of_images_both_heads_put_in_one_class():
     assert estimate(Outputs(main), "agreement").method == "confidence"
 
 
+def test_peer_agreement_is_the_share_of_images_two_runs_put_in_one_class():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, C, 1000)
+    # Two runs right on the same 700 images and wrong on the other 300 in different ways:
+    # their agreement is their accuracy, 0.70, exactly.
+    right = rng.permutation(1000) < 700
+    first, second = labels.copy(), labels.copy()
+    first[~right] = (labels[~right] + 1) % C
+    second[~right] = (labels[~right] + 2) % C
+    soft = lambda predicted: 0.5 * np.eye(C)[predicted] + 0.5 / C  # noqa: E731
+    out = Outputs(soft(first), calibration=soft(labels[:40]), calibration_labels=labels[:40],
+                  peer=soft(second))
+    assert accuracy(out.pool, labels) == pytest.approx(0.70)
+    found = estimate(out, "peer-agreement")
+    assert found.method == "peer-agreement" and found.top1 == pytest.approx(70.0)
+    low, high = found.interval
+    # the bootstrap redraws the peer's rows with the run's: sqrt(.7 * .3 / 1000) = 1.45 points
+    assert 70.0 - 4.5 < low < 70.0 < high < 70.0 + 4.5
+    # not widened to the plain estimators' spread (confidence here: 0.6, atc: about 1.0)
+    assert found.methods["confidence"] == pytest.approx(60.0) and low > 60.0
+    assert "peer-agreement" not in estimate(Outputs(soft(first))).methods
+    # without a peer's predictions, the estimate falls back to confidence and says so
+    assert estimate(Outputs(soft(first)), "peer-agreement").method == "confidence"
+    # a peer that read other images (another row count) is not compared
+    from finessl.eval.estimate import peer_agreement
+
+    assert np.isnan(peer_agreement(Outputs(soft(first), peer=soft(second)[:10])))
+
+
 def test_capped_confidence_by_hand():
     """Two classes, equally frequent in the labeled set. Six pool images predicted class 0
     with confidence 0.9 and two predicted class 1 with confidence 0.6: confidence says
@@ -404,6 +433,31 @@ def test_estimate_command_and_side_by_side_report(capsys, tmp_path, monkeypatch)
                      tmp_path / "cmp"], code=0)
     page = (tmp_path / "cmp" / "index.html").read_text()
     assert "Estimated without labels" in page
+    # A peer run: its agreement with the run, on the run's pool and on given images, equals
+    # the two models' predictions compared by hand (b shares a's seed, so a's pool is b's).
+    from finessl.run import run_outputs
+
+    run_cli(capsys, ["estimate", "--run", tmp_path / "a", "--peer", tmp_path / "b", "--out",
+                     tmp_path / "peer.json"], code=0)
+    peered = json.loads((tmp_path / "peer.json").read_text())
+    mine, theirs = run_outputs(tmp_path / "a", "cpu"), run_outputs(tmp_path / "b", "cpu")
+    by_hand = 100 * float((mine.pool.argmax(1) == theirs.pool.argmax(1)).mean())
+    assert peered["estimate_method"] == "peer-agreement" and peered["peer"] == str(tmp_path / "b")
+    assert peered["estimated_top1"] == pytest.approx(by_hand)
+    assert any("same seed (0)" in w for w in peered["estimate_warnings"])
+    mine, theirs = (run_outputs(tmp_path / r, "cpu", [folder / "labeled"]) for r in "ab")
+    found = run_estimate(tmp_path / "a", [folder / "labeled"], "cpu", peer=tmp_path / "b")
+    assert found.pool_size == 3 and found.top1 == pytest.approx(
+        100 * float((mine.pool.argmax(1) == theirs.pool.argmax(1)).mean()))
+    err = run_cli(capsys, ["estimate", "--run", tmp_path / "a", "--peer", tmp_path / "a"])
+    assert "is the run itself" in err
+    err = run_cli(capsys, ["estimate", "--run", tmp_path / "a", "--method", "peer-agreement"])
+    assert "needs --peer" in err
+    err = run_cli(capsys, ["estimate", "--run", tmp_path / "a", "--peer", tmp_path / "b", "--cross-fit"])
+    assert "give one" in err
+    train(smoke(**{"data.num_classes": "3"}), tmp_path / "three", callbacks=[])
+    err = run_cli(capsys, ["estimate", "--run", tmp_path / "a", "--peer", tmp_path / "three"])
+    assert "other classes than the run" in err
 
 
 def test_a_dataset_without_a_test_set_trains_and_reports_the_estimate(capsys, tmp_path):

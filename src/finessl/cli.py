@@ -179,14 +179,19 @@ def cmd_eval(args, overrides) -> int:
 
 def cmd_estimate(args, overrides) -> int:
     from finessl.errors import ConfigError
-    from finessl.eval.estimate import CROSS_FITTED, ESTIMATORS, method_of
+    from finessl.eval.estimate import CROSS_FITTED, ESTIMATORS, PEERED, method_of
     from finessl.run import estimate
 
-    if args.method:  # both checked before the run's images are read
+    if args.method:  # checked before the run's images are read
         method_of(args.method)
         if args.method in CROSS_FITTED and not args.cross_fit:
             raise ConfigError(f"--method {args.method} needs --cross-fit (it calibrates on the "
                               f"folds' held-out labels); without it: {', '.join(ESTIMATORS)}")
+        if args.method in PEERED and not args.peer:
+            raise ConfigError(f"--method {args.method} needs --peer RUN (a second run of the same "
+                              "classes, trained with another seed)")
+    if args.peer and args.cross_fit:
+        raise ConfigError("--peer and --cross-fit are two ways to the estimate: give one")
     if args.out:
         check_writable(args.out)
     if args.cross_fit:
@@ -197,8 +202,8 @@ def cmd_estimate(args, overrides) -> int:
         labels = f"{args.cross_fit}-fold cross-fitted on the run's labels"
     else:
         found = estimate(args.run, args.pool or None, device=args.device, method=args.method,
-                         pool_prior=args.pool_prior)
-        labels = "no labels used"
+                         pool_prior=args.pool_prior, peer=args.peer)
+        labels = f"no labels used, peer run {args.peer}" if args.peer else "no labels used"
     where = ", ".join(args.pool) if args.pool else "the run's unlabeled pool"
     low, high = found.interval
     print(f"estimated top1 {found.top1:.1f} % [{low:.1f}, {high:.1f}] ({found.method}, "
@@ -210,7 +215,7 @@ def cmd_estimate(args, overrides) -> int:
         from finessl.rundir import write_json
 
         write_json(Path(args.out), {**found.as_dict(), "run": str(args.run), "pool": args.pool or None,
-                                    "pool_prior": args.pool_prior})
+                                    "pool_prior": args.pool_prior, "peer": args.peer})
         print(f"written to {args.out}")
     return 0
 
@@ -691,7 +696,8 @@ def build_parser() -> argparse.ArgumentParser:
     estimate.add_argument("pool", nargs="*", help="images, folders of images or CSV lists "
                                                   "(default: the run's unlabeled pool)")
     estimate.add_argument("--method", help="estimator (default: the run's train.estimate; with "
-                                           "--cross-fit, the cross-fitted default)")
+                                           "--cross-fit, the cross-fitted default; with --peer, "
+                                           "peer-agreement)")
     estimate.add_argument("--cross-fit", type=int, nargs="?", const=2, default=0, metavar="K",
                           help="train the run K more times (default 2), each without 1/K of its "
                                "labels, and calibrate on the labels each fold left out "
@@ -701,6 +707,11 @@ def build_parser() -> argparse.ArgumentParser:
                                "pool_prior.csv) where you know them: capped-confidence caps at "
                                "them instead of the labeled set's shares (the pool's accuracy), "
                                "capped-recall reads them back to the labeled set's class mix")
+    estimate.add_argument("--peer", metavar="RUN",
+                          help="a second run of the same classes and settings trained with another "
+                               "seed: how often the two agree on the images is the estimate "
+                               "(peer-agreement; the least wrong when measured, at the cost of "
+                               "that second run)")
     estimate.add_argument("--out", help="also write the estimate to this JSON file")
     estimate.add_argument("--device", default="auto")
     estimate.set_defaults(func=cmd_estimate, whole_pool=True)

@@ -294,11 +294,13 @@ def pool_prior_for(predictor, pool: Sequence[str | Path] | None = None,
 
 
 def estimate(run_dir: str | Path, pool: Sequence[str | Path] | None = None, device: str = "auto",
-             method: str | None = None, pool_prior: str | Path | None = None):
+             method: str | None = None, pool_prior: str | Path | None = None,
+             peer: str | Path | None = None):
     """The run's label-free accuracy estimate (``finessl.eval.estimate.Estimate``) on its
     own pool or on ``pool``; ``pool_prior``: a CSV of the pool's class shares for the cap
     (``finessl.eval.estimate.read_pool_prior``), where they are known (on its own pool, by
-    default the run's ``train.estimate_prior``)."""
+    default the run's ``train.estimate_prior``); ``peer``: a second run of the same classes
+    (another seed) whose agreement with this one on the same images is the estimate."""
     from finessl.eval import estimate as estimators
 
     predictor, data = run_data(run_dir, device)
@@ -306,6 +308,45 @@ def estimate(run_dir: str | Path, pool: Sequence[str | Path] | None = None, devi
     prior = pool_prior_for(predictor, pool, pool_prior)
     out = loaded_outputs(predictor, data, pool)
     out.prior = prior
-    chosen = method or (config.train.estimate if config.train.estimate != "none"
-                        else estimators.DEFAULT_ESTIMATOR)
-    return estimators.estimate(out, chosen, seed=config.seed, classes=predictor.classes)
+    notes = []
+    if peer is not None:
+        out.peer, notes = peer_outputs(peer, run_dir, predictor, estimate_images(predictor, data, pool),
+                                       len(out.pool), device)
+    default = estimators.DEFAULT_PEERED if peer is not None else \
+        (config.train.estimate if config.train.estimate != "none" else estimators.DEFAULT_ESTIMATOR)
+    found = estimators.estimate(out, method or default, seed=config.seed, classes=predictor.classes)
+    found.warnings.extend(notes)
+    return found
+
+
+def peer_outputs(peer_dir: str | Path, run_dir: str | Path, predictor, images, expected: int,
+                 device: str = "auto") -> tuple[np.ndarray, list[str]]:
+    """The peer run's probabilities on the images the run's estimate read (each model at its
+    own test transform), and what makes the comparison doubtful. A peer with other classes,
+    or the run itself, is refused."""
+    from finessl.errors import ConfigError
+    from finessl.eval.estimate import PoolImages, model_outputs
+    from finessl.hub import local_run
+    from finessl.inference import load
+
+    if Path(local_run(peer_dir)).resolve() == Path(local_run(run_dir)).resolve():
+        raise ConfigError(f"--peer {peer_dir} is the run itself: give a second run of the same "
+                          "classes, trained with another seed")
+    other = load(peer_dir, device)
+    if list(other.classes) != list(predictor.classes):
+        raise ConfigError(f"--peer {peer_dir} has other classes than the run "
+                          f"({', '.join(other.classes)} against {', '.join(predictor.classes)}): "
+                          "the peer must be trained on the same classes, in the same order")
+    view = PoolImages(images.source, images.indices, other.transform, other.image_size)
+    probs = model_outputs(other.model, view, None, other.device, other.config.train.eval_batch_size,
+                          with_aux=False,
+                          autocast=autocast_for(resolve_precision(other.config.train.precision,
+                                                                  other.device), other.device)).pool
+    if len(probs) != expected:
+        raise ConfigError(f"--peer {peer_dir} read {len(probs)} of the images, the run {expected}")
+    notes = []
+    if other.config.seed == predictor.config.seed:
+        notes.append(f"the peer run has the same seed ({other.config.seed}) as this one: runs of "
+                     "one seed share their mistakes, so their agreement overrates both; train "
+                     "the peer with another --seed")
+    return probs, notes
