@@ -445,6 +445,12 @@ def test_estimate_command_and_side_by_side_report(capsys, tmp_path, monkeypatch)
     assert peered["estimate_method"] == "peer-agreement" and peered["peer"] == str(tmp_path / "b")
     assert peered["estimated_top1"] == pytest.approx(by_hand)
     assert any("same seed (0)" in w for w in peered["estimate_warnings"])
+    assert any("same labeled images" in w for w in peered["estimate_warnings"])
+    # Another seed draws other labels (data.split random): neither warning.
+    train(smoke(seed="1"), tmp_path / "c", callbacks=[])
+    other = run_estimate(tmp_path / "a", device="cpu", peer=tmp_path / "c")
+    assert other.method == "peer-agreement"
+    assert not any("same seed" in w or "same labeled" in w for w in other.warnings)
     mine, theirs = (run_outputs(tmp_path / r, "cpu", [folder / "labeled"]) for r in "ab")
     found = run_estimate(tmp_path / "a", [folder / "labeled"], "cpu", peer=tmp_path / "b")
     assert found.pool_size == 3 and found.top1 == pytest.approx(

@@ -708,10 +708,10 @@ def build_parser() -> argparse.ArgumentParser:
                                "them instead of the labeled set's shares (the pool's accuracy), "
                                "capped-recall reads them back to the labeled set's class mix")
     estimate.add_argument("--peer", metavar="RUN",
-                          help="a second run of the same classes and settings trained with another "
-                               "seed: how often the two agree on the images is the estimate "
-                               "(peer-agreement; the least wrong when measured, at the cost of "
-                               "that second run)")
+                          help="a second run of the same classes and settings trained on other "
+                               "labeled images (another draw) and seed: how often the two agree on "
+                               "the images is the estimate (peer-agreement; the least wrong when "
+                               "measured with other labels, far too high with the same labels)")
     estimate.add_argument("--out", help="also write the estimate to this JSON file")
     estimate.add_argument("--device", default="auto")
     estimate.set_defaults(func=cmd_estimate, whole_pool=True)

@@ -48,8 +48,8 @@ held-out images.
 
 *Peer* estimators (``PEERED``) read a second run's predictions on the same pool images:
 ``peer-agreement`` is how often the two runs predict the same class (Jiang et al.'s
-disagreement between two seeds; a second training run is the cost). Its interval is the
-bootstrap alone.
+disagreement between two seeds; a second training run on other labels is the cost: runs on
+the same labels share their mistakes). Its interval is the bootstrap alone.
 """
 
 from __future__ import annotations
@@ -73,8 +73,9 @@ DEFAULT_ESTIMATOR = "capped-confidence"
 # cross-fitted runs (docs/results.md#cross-fitted-estimates).
 DEFAULT_CROSS_FITTED = "run-fold-agreement"
 # The estimator ``finessl estimate --peer`` reports: within 2.9 points of the true top-1 on
-# 32 long-tailed runs, where capped-confidence was 4.9 (docs/results.md, "Two runs'
-# agreement").
+# 32 long-tailed runs whose pairs differ in their labels, where capped-confidence was 4.9;
+# 13 points too high on 8 runs whose pairs share them (docs/results.md, "Two runs'
+# agreement" and "Two runs on one labeled set").
 DEFAULT_PEERED = "peer-agreement"
 # The estimators an interval is widened to. Plain ones: their spread. Cross-fitted ones: a
 # bracket from the mechanism, not a fit: the folds' held-out accuracy is a model with fewer
