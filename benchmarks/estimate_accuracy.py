@@ -389,13 +389,19 @@ def main() -> None:
     ])
     footer = (f"\n\nMachine: {platform.processor() or platform.machine()}, "
               f"{time.time() - began:.0f} s for this table.")
-    print(text + footer)
-    args.cache.mkdir(parents=True, exist_ok=True)
-    (args.cache / "rows.json").write_text(json.dumps(rows, indent=1))
-    if args.doc:
+    publish(text + footer, rows, args.cache, args.doc, args.section)
+
+
+def publish(text: str, rows: list[dict], cache: Path, doc: Path | None, section: str) -> None:
+    """Prints a benchmark's table, keeps its rows in ``cache/rows.json`` and, with ``doc``,
+    writes the table into that file's ``section``."""
+    print(text)
+    cache.mkdir(parents=True, exist_ok=True)
+    (cache / "rows.json").write_text(json.dumps(rows, indent=1))
+    if doc:
         from harness import write_section
 
-        write_section(args.doc, args.section, text + footer)
+        write_section(doc, section, text)
 
 
 if __name__ == "__main__":

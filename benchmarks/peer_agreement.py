@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import platform
 import sys
 import time
@@ -72,7 +71,7 @@ def group_of(run_dir: Path) -> tuple[str, str, int]:
 
 def rows_for(runs: list[Path], cache: Path, size: int) -> list[dict]:
     """One row per run: its truth, its own estimates and its agreement with its seeds."""
-    from finessl.eval.estimate import Outputs, capped_confidence, confidence, estimate, labeled_prior
+    from finessl.eval.estimate import Outputs, capped_confidence, confidence, estimate
 
     by_group: dict[tuple[str, str], dict[int, tuple[Path, np.ndarray, np.ndarray]]] = defaultdict(dict)
     for run in runs:
@@ -88,8 +87,7 @@ def rows_for(runs: list[Path], cache: Path, size: int) -> list[dict]:
             agree = {s: float((predicted == seeds[s][1].argmax(1)).mean()) for s in others}
             mate = order[position ^ 1] if (position ^ 1) < len(order) else None
             C = probs.shape[1]
-            balanced = Outputs(probs, calibration_labels=np.arange(C))
-            assert np.allclose(labeled_prior(np.arange(C), C), 1.0 / C)
+            balanced = Outputs(probs, calibration_labels=np.arange(C))  # one label per class
             paired = None
             if mate is not None:  # as ``finessl estimate --run RUN --peer MATE`` reads it
                 paired = estimate(Outputs(probs, peer=seeds[mate][1]), "peer-agreement", seed=seed)
@@ -160,13 +158,9 @@ def main() -> None:
     rows = rows_for(runs, args.cache, args.images)
     text = table(rows, args.images)
     footer = f"\nMachine: {platform.machine()}, {time.time() - started:.0f} s for this table.\n"
-    print(text + footer)
-    args.cache.mkdir(parents=True, exist_ok=True)
-    (args.cache / "rows.json").write_text(json.dumps(rows, indent=1))
-    if args.doc:
-        from harness import write_section
+    from estimate_accuracy import publish
 
-        write_section(args.doc, args.section, text + footer)
+    publish(text + footer, rows, args.cache, args.doc, args.section)
 
 
 if __name__ == "__main__":
